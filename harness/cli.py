@@ -1,0 +1,188 @@
+"""`python -m harness`: run, inspect and render the paper's tables.
+
+    python -m harness run table2                      # tiny profile, local, ./results
+    python -m harness run table2 pretrain.epochs=5    # any resolved spec field, Hydra-style
+    python -m harness run table2 --executor slurm     # the same work on SLURM
+    python -m harness status table2                   # every job: state, elapsed, log
+    python -m harness table table2 --format tex       # re-render from the store alone
+    python -m harness ls                              # what exists
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from harness.collate import collate
+from harness.errors import HarnessError
+from harness.executors import EXECUTORS, CLUSTER_PROFILES, make_executor
+from harness.planner import Plan, plan
+from harness.progress import Reporter
+from harness.render import FORMATS, RENDERERS, write_all
+from harness.spec import list_profiles, list_tables, load_profile, load_table, parse_overrides
+from harness.status import print_status
+from harness.store import Store
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished jobs are kept; run the same command to continue", file=sys.stderr)
+        return 130
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="plan, run and collate one table")
+    _table_args(run)
+    run.add_argument("--executor", default="local", choices=EXECUTORS)
+    run.add_argument("--cluster", default="local", help="SLURM cluster profile in slurm/profiles/")
+    run.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="state, elapsed time and log of every job of a table")
+    _table_args(status, table_required=False)
+    status.set_defaults(func=cmd_status)
+
+    table = sub.add_parser("table", help="render a table from the store alone, running nothing")
+    _table_args(table)
+    table.add_argument("--format", default="md", choices=FORMATS)
+    table.set_defaults(func=cmd_table)
+
+    ls = sub.add_parser("ls", help="list tables, datasets, methods, tasks, profiles, executors")
+    ls.set_defaults(func=cmd_ls)
+    return p
+
+
+def _table_args(p: argparse.ArgumentParser, table_required: bool = True) -> None:
+    p.add_argument("table", nargs=None if table_required else "?", help="e.g. table2")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. pretrain.epochs=5")
+    p.add_argument("--profile", default="tiny", help="smoke, tiny (default) or paper")
+    p.add_argument("--results", default="results", help="results directory (default ./results)")
+    p.add_argument("--data-root", action="append", default=[], metavar="NAME=PATH",
+                   help="root of a real dataset, e.g. coco=/data/coco (paper profile)")  # fmt: skip
+    p.add_argument("--data-config", default=None,
+                   help="YAML file of dataset roots (default ./datasets.yaml if present)")  # fmt: skip
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    table = load_table(args.table)
+    profile = load_profile(args.profile)
+    try:
+        return plan(table, profile, parse_overrides(args.overrides))
+    except ValueError as err:  # unknown dataset/method/task names from the registries
+        raise HarnessError(str(err)) from err
+
+
+def dataset_roots(args: argparse.Namespace) -> dict[str, str]:
+    roots: dict[str, str] = {}
+    config = Path(args.data_config) if args.data_config else Path("datasets.yaml")
+    if args.data_config and not config.exists():
+        raise HarnessError(f"dataset config {config} does not exist")
+    if config.exists():
+        roots.update({str(k): str(v) for k, v in (yaml.safe_load(config.read_text()) or {}).items()})
+    for item in args.data_root:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise HarnessError(f"--data-root '{item}' is not NAME=PATH (for example coco=/data/coco)")
+        roots[name] = path
+    return roots
+
+
+def open_store(results: str) -> Store:
+    root = Path(results)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{time.time_ns()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise HarnessError(f"results directory {root} is not writable: {err}") from err
+    return Store(root)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    the_plan = make_plan(args)
+    store = open_store(args.results)
+    cached = sum(store.is_done(job) for job in the_plan.jobs.values())
+    total = len(the_plan.jobs)
+    print(f"{the_plan.table.name} · profile {the_plan.profile.name} · {total} jobs "
+          f"({cached} cached, {total - cached} to run) · results {store.root}", file=sys.stderr)  # fmt: skip
+    if args.dry_run:
+        print_plan(the_plan, store)
+        return 0
+    executor = make_executor(args.executor, args.cluster, dataset_roots(args))
+    started = time.time()
+    outcome = executor.run(the_plan, store, Reporter(total))
+    collated = collate(the_plan, store)
+    paths = write_all(collated, store.root)
+    print(RENDERERS["md"](collated))
+    failed, blocked = outcome.count("failed"), outcome.count("blocked")
+    print(f"{total} jobs: {outcome.cached} cached, {outcome.ran} run, {failed} failed, {blocked} "
+          f"blocked · {time.time() - started:.1f} s · wrote {', '.join(p.name for p in paths)}",
+          file=sys.stderr)  # fmt: skip
+    if failed or blocked:
+        print(f"see `python -m harness status {args.table} --profile {args.profile}` for the logs",
+              file=sys.stderr)  # fmt: skip
+    return 1 if failed or blocked else 0
+
+
+def print_plan(the_plan: Plan, store: Store) -> None:
+    for job in the_plan.jobs.values():
+        state = "cached" if store.is_done(job) else "to run"
+        deps = f"  after {', '.join(d[:12] for d in job.deps)}" if job.deps else ""
+        print(f"{job.short}  {job.kind:<9} {state:<7} {job.name}{deps}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = Store(args.results)
+    jobs = list(make_plan(args).jobs.values()) if args.table else store.jobs()
+    print_status(jobs, store)
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    the_plan = make_plan(args)
+    store = Store(args.results)
+    collated = collate(the_plan, store)
+    if store.root.exists():
+        write_all(collated, store.root)
+    print(RENDERERS[args.format](collated))
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from pretrain.data import PRETRAIN_DATASETS
+    from pretrain.methods import METHODS
+    from transfer.data import TARGETS
+    from transfer.tasks import TASKS
+
+    print("tables:")
+    for name in list_tables():
+        print(f"  {name:<10} {load_table(name).title}")
+    print("pretraining datasets:")
+    for d in PRETRAIN_DATASETS.values():
+        print(f"  {d.name:<10} {d.paper_name} (bias world: {d.biasworld})")
+    print("target datasets:")
+    for t in TARGETS.values():
+        print(f"  {t.name:<10} {t.paper_name} ({t.metric})")
+    print("methods:        " + ", ".join(sorted(METHODS)))
+    print("transfer tasks: " + ", ".join(sorted(TASKS)))
+    print("profiles:")
+    for name in list_profiles():
+        print(f"  {name:<10} {load_profile(name).description}")
+    print("executors:      " + ", ".join(EXECUTORS))
+    print("clusters:       " + ", ".join(sorted(p.stem for p in CLUSTER_PROFILES.glob("*.yaml"))))
+    return 0

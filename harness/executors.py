@@ -1,0 +1,217 @@
+"""Executors: run a plan's jobs in dependency order, locally or on SLURM through submitit.
+
+Both run the same callable (`harness.jobs.JobRunner`), skip every job whose result is stored, and
+never run a job whose dependency failed (it is reported as blocked by that dependency).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from harness.errors import HarnessError, unknown
+from harness.jobs import JobRunner
+from harness.planner import Job, Plan
+from harness.progress import Reporter
+from harness.spec import REPO
+from harness.store import BLOCKED, DONE, FAILED, Store
+
+CLUSTER_PROFILES = REPO / "slurm" / "profiles"
+
+
+@dataclass
+class Outcome:
+    states: dict[str, str] = field(default_factory=dict)  # job key -> done | failed | blocked
+    cached: int = 0
+    ran: int = 0
+
+    def count(self, state: str) -> int:
+        return sum(s == state for s in self.states.values())
+
+
+class Executor(Protocol):
+    def run(self, plan: Plan, store: Store, reporter: Reporter) -> Outcome: ...
+
+
+def blocked_by(job: Job, states: dict[str, str]) -> str | None:
+    return next((d for d in job.deps if states.get(d) in (FAILED, BLOCKED)), None)
+
+
+class LocalExecutor:
+    """Runs each job in this process, in topological order; a failure does not stop the others."""
+
+    def __init__(self, roots: dict[str, str] | None = None):
+        self.roots = roots or {}
+
+    def run(self, plan: Plan, store: Store, reporter: Reporter) -> Outcome:
+        outcome = Outcome()
+        for job in plan.jobs.values():
+            store.register(job)
+            if store.is_done(job):
+                outcome.states[job.key], outcome.cached = DONE, outcome.cached + 1
+                reporter.cached(job)
+            elif (dep := blocked_by(job, outcome.states)) is not None:
+                outcome.states[job.key] = BLOCKED
+                reporter.blocked(job, plan.jobs[dep])
+            else:
+                outcome.ran += 1
+                outcome.states[job.key] = self._run_one(job, store, reporter)
+        return outcome
+
+    def _run_one(self, job: Job, store: Store, reporter: Reporter) -> str:
+        reporter.start(job)
+        try:
+            result = JobRunner(str(store.root), job.key, self.roots)(display=reporter.progress)
+        except Exception as err:  # recorded in error.json by the runner; keep going
+            reporter.failed(job, f"{type(err).__name__}: {err}")
+            return FAILED
+        reporter.finished(job, result)
+        return DONE
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+
+def load_cluster_profile(name: str) -> dict[str, Any]:
+    path = CLUSTER_PROFILES / f"{name}.yaml"
+    if not path.exists():
+        raise unknown("cluster profile", name, [p.stem for p in CLUSTER_PROFILES.glob("*.yaml")])
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def slurm_parameters(profile: dict[str, Any], kind: str) -> dict[str, Any]:
+    """submitit parameters for one job kind: the profile's top level, then its per-kind section."""
+    merged = {k: v for k, v in profile.items() if k not in ("pretrain", "transfer", "datastats")}
+    merged.update(profile.get(kind, {}) or {})
+    params: dict[str, Any] = {
+        "slurm_partition": merged.get("partition"),
+        "gpus_per_node": merged.get("gpus_per_node", 0),
+        "cpus_per_task": merged.get("cpus_per_task", 1),
+        "mem_gb": merged.get("mem_gb", 4),
+        "timeout_min": merged.get("timeout_min", 60),
+        "slurm_signal_delay_s": merged.get("signal_delay_s", 60),
+        "slurm_array_parallelism": merged.get("array_parallelism", 16),
+        "slurm_setup": list(merged.get("setup", []) or []),
+        "slurm_additional_parameters": dict(merged.get("additional_parameters", {}) or {}),
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+class SlurmExecutor:
+    """Submits the plan to SLURM: pretraining jobs first, then, per pretraining job, its transfer
+    jobs as one job array that waits on it (afterok; a failed parent cancels them)."""
+
+    POLL_S = 2.0
+
+    def __init__(self, cluster: str = "local", roots: dict[str, str] | None = None):
+        self.profile = load_cluster_profile(cluster)
+        self.cluster = cluster
+        self.roots = roots or {}
+        _check_slurm()
+
+    def run(self, plan: Plan, store: Store, reporter: Reporter) -> Outcome:
+        import submitit
+
+        folder = store.root / "slurm" / time.strftime("%Y%m%d-%H%M%S")
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+        outcome = Outcome()
+        todo: list[Job] = []
+        for job in plan.jobs.values():
+            store.register(job)
+            if store.is_done(job):
+                outcome.states[job.key], outcome.cached = DONE, outcome.cached + 1
+                reporter.cached(job)
+            else:
+                todo.append(job)
+        submitted = self._submit(executor, todo, store, reporter)
+        outcome.ran = len(submitted)
+        self._wait(plan, submitted, store, reporter, outcome)
+        return outcome
+
+    def _submit(self, executor, todo: list[Job], store: Store, reporter: Reporter) -> dict[str, Any]:
+        """Submit in dependency order, grouping jobs with the same kind and parent into one array."""
+        submitted: dict[str, Any] = {}
+        groups: dict[tuple, list[Job]] = defaultdict(list)
+        for job in todo:
+            groups[(job.kind, job.deps)].append(job)
+        for (kind, deps), jobs in groups.items():  # insertion order = topological order
+            params = slurm_parameters(self.profile, kind)
+            pending = [submitted[d].job_id for d in deps if d in submitted]
+            if pending:
+                extra = dict(params["slurm_additional_parameters"])
+                extra.update(dependency="afterok:" + ":".join(pending), kill_on_invalid_dep="yes")
+                params["slurm_additional_parameters"] = extra
+            executor.update_parameters(slurm_job_name=f"{kind}", **params)
+            runners = [JobRunner(str(store.root), job.key, self.roots) for job in jobs]
+            with executor.batch():
+                handles = [executor.submit(runner) for runner in runners]
+            for job, handle in zip(jobs, handles):
+                submitted[job.key] = handle
+                store.write_slurm(job, {"job_id": handle.job_id, "folder": str(handle.paths.folder),
+                                        "submitted": time.time(), "cluster": self.cluster})  # fmt: skip
+                reporter.submitted(job, handle.job_id)
+        return submitted
+
+    def _wait(self, plan: Plan, submitted: dict, store: Store, reporter: Reporter, outcome: Outcome):
+        remaining = dict(submitted)
+        while remaining:
+            for key, handle in list(remaining.items()):
+                job = plan.jobs[key]
+                if not handle.done():
+                    reporter.slurm_state(job, handle.state, store.progress(job))
+                    continue
+                del remaining[key]
+                if store.is_done(job):
+                    outcome.states[key] = DONE
+                    reporter.finished(job, store.result(job))
+                elif (dep := blocked_by(job, outcome.states)) is not None:
+                    outcome.states[key] = BLOCKED
+                    reporter.blocked(job, plan.jobs[dep])
+                else:
+                    outcome.states[key] = FAILED
+                    reporter.failed(job, _failure_reason(store, job, handle))
+            if remaining:
+                time.sleep(self.POLL_S)
+
+
+def _failure_reason(store: Store, job: Job, handle) -> str:
+    error = store.error(job)
+    if error:
+        return error["error"]
+    try:
+        tail = Path(handle.paths.stderr).read_text().strip().splitlines()[-3:]
+    except OSError:
+        tail = []
+    return f"SLURM state {handle.state}; " + " | ".join(tail)
+
+
+def _check_slurm() -> None:
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %a"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise HarnessError(
+            f"SLURM is not reachable ({err}). Start the local cluster with "
+            "`bash slurm/start_cluster.sh`, or use --executor local."
+        ) from err
+    if out.returncode != 0:
+        raise HarnessError(
+            f"sinfo failed: {out.stderr.strip()}. Start the local cluster with "
+            "`bash slurm/start_cluster.sh`, or use --executor local."
+        )
+
+
+EXECUTORS = ("local", "slurm")
+
+
+def make_executor(name: str, cluster: str, roots: dict[str, str]) -> Executor:
+    if name == "local":
+        return LocalExecutor(roots)
+    if name == "slurm":
+        return SlurmExecutor(cluster, roots)
+    raise unknown("executor", name, EXECUTORS)

@@ -1,0 +1,180 @@
+"""The importable job callables. Local and SLURM executors run exactly these.
+
+`JobRunner(results, key)` loads the job from the store, runs it unless it is done, and records the
+outcome: result.json (atomically, only after success) or error.json. It is submitit-Checkpointable:
+on preemption or timeout it is requeued, and the pretraining loop resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from harness.planner import Job
+from harness.provenance import provenance
+from harness.spec import spec_hash
+from harness.store import Store, write_json_atomic
+
+log = logging.getLogger("harness")
+Display = Callable[[Job, dict], None]
+
+
+@dataclass
+class JobContext:
+    store: Store
+    job: Job
+    roots: dict[str, str]
+    display: Display | None = None
+    _last_write: float = 0.0
+
+    @property
+    def workdir(self) -> Path:
+        return self.store.job_dir(self.job.key, self.job.kind) / "work"
+
+    def progress(self, info: dict) -> None:
+        """Progress reports from inside the job: shown live, persisted at most every 2 s."""
+        if self.display is not None:
+            self.display(self.job, info)
+        now = time.time()
+        if now - self._last_write > 2.0:
+            self.store.write_progress(self.job, {**info, "updated": now})
+            self._last_write = now
+
+
+class JobRunner(submitit.helpers.Checkpointable):
+    """Run one stored job; submitit pickles this object, so it holds only strings."""
+
+    def __init__(self, results: str, key: str, roots: dict[str, str] | None = None):
+        self.results = str(results)
+        self.key = key
+        self.roots = dict(roots or {})
+
+    def __call__(self, display: Display | None = None) -> dict:
+        store = Store(self.results)
+        job = store.load_job(self.key)
+        if store.is_done(job):
+            return store.result(job)
+        return execute(JobContext(store, job, self.roots, display))
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        # Requeue the same job: pretraining resumes from work/checkpoint.pt written every epoch.
+        return submitit.helpers.DelayedSubmission(JobRunner(self.results, self.key, self.roots))
+
+
+def execute(ctx: JobContext) -> dict:
+    store, job = ctx.store, ctx.job
+    for dep in job.deps:
+        dep_job = store.load_job(dep)
+        if not store.is_done(dep_job):
+            raise RuntimeError(f"{job.name}: dependency '{dep_job.name}' ({dep[:12]}) is not done")
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    store.claim(job)
+    handler = _attach_log(store.job_dir(job.key, job.kind) / "log.txt")
+    started = time.time()
+    prov_path = store.job_dir(job.key, job.kind) / "provenance.json"
+    write_json_atomic(prov_path, {**provenance(), "started": started, "spec_hash": job.key})
+    try:
+        log.info("start %s (%s)", job.name, job.key[:12])
+        result = RUNNERS[job.kind](ctx)
+        result["wall_s"] = round(time.time() - started, 3)
+        write_json_atomic(prov_path, {**provenance(), "started": started, "ended": time.time(),
+                                      "spec_hash": job.key})  # fmt: skip
+        store.write_result(job, result)
+        log.info("done %s in %.1f s", job.name, result["wall_s"])
+        return result
+    except BaseException as err:
+        store.write_error(job, {
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(),
+            "progress": store.progress(job),
+            "time": time.time(),
+        })  # fmt: skip
+        log.error("failed %s: %s", job.name, err)
+        raise
+    finally:
+        store.release(job)
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _attach_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
+
+
+# ----------------------------------------------------------------------------- job kinds
+
+
+def _setup_torch(spec: dict) -> str:
+    import torch
+
+    threads = spec.get("threads") or int(os.environ.get("SLURM_CPUS_PER_TASK", os.cpu_count() or 1))
+    torch.set_num_threads(max(1, threads))
+    device = spec.get("device", "auto")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def run_pretrain(ctx: JobContext) -> dict:
+    from pretrain.config import PretrainConfig
+    from pretrain.data import load_pretrain_images
+    from pretrain.train import pretrain
+
+    spec = dict(ctx.job.spec)
+    _setup_torch(spec)
+    data = load_pretrain_images(spec["data"], ctx.store.cache / "biasworld", ctx.roots)
+    config = PretrainConfig.from_dict({k: v for k, v in spec.items() if k not in ("method", "data")})
+    summary = pretrain(config, data, ctx.workdir, progress=ctx.progress)
+    summary["backbone"] = str(Path(summary["backbone"]).relative_to(ctx.workdir))
+    return summary
+
+
+def run_transfer(ctx: JobContext) -> dict:
+    import torch
+
+    from pretrain.backbones import load_backbone
+    from transfer.data import load_split
+    from transfer.features import cached_features
+    from transfer.linear import LinearProtocol, linear_eval
+
+    spec = ctx.job.spec
+    device = _setup_torch(spec)
+    source = ctx.store.load_job(ctx.job.deps[0])
+    summary = ctx.store.result(source)
+    backbone = load_backbone(ctx.store.job_dir(source.key, source.kind) / "work" / summary["backbone"])
+    backbone.to(device)
+    data_id = spec_hash({"data": spec["data"], "image_size": spec["image_size"]})[:16]
+    splits = {}
+    for split in ("train", "val", "test"):
+        images, labels = load_split(spec["data"], split, ctx.store.cache / "biasworld")
+        cache = ctx.store.cache / "features" / source.key[:16] / f"{data_id}-{split}.pt"
+        feats = cached_features(cache, backbone, images, spec["image_size"], spec["batch_size"])
+        splits[split] = (feats, torch.as_tensor(labels))
+        ctx.progress({"stage": f"features {split}", "n": len(images)})
+    ctx.progress({"stage": "linear sweep"})
+    out = linear_eval(splits["train"], splits["val"], splits["test"], LinearProtocol(**spec["protocol"]))
+    return {"value": float(out["test"]), "metric": spec["protocol"]["metric"], **out}
+
+
+def run_datastats(ctx: JobContext) -> dict:
+    from pretrain.data import overview
+
+    return overview(ctx.job.spec, ctx.store.cache / "biasworld", ctx.roots)
+
+
+RUNNERS: dict[str, Callable[[JobContext], dict]] = {
+    "pretrain": run_pretrain,
+    "transfer": run_transfer,
+    "datastats": run_datastats,
+}

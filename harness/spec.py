@@ -1,0 +1,254 @@
+"""Table specs, profiles and the resolution of one job's full spec.
+
+A table spec (``tables/<name>.yaml``) says what the paper runs; a profile (``harness/profiles``) says at
+which size. A job's resolved spec is built in layers, later layers winning:
+
+    method / task defaults  <-  table section  <-  row or column  <-  profile sizes  <-  key=value overrides
+
+Profiles only touch sizes; a profile value ``{scale: f}`` multiplies the spec's value, so 200- and
+800-epoch specs stay distinct at every profile.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import HarnessError, closest, unknown
+
+REPO = Path(__file__).resolve().parent.parent
+TABLES_DIR = REPO / "tables"
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+
+# Keys that change how a job runs, never what it computes: excluded from job keys.
+EXECUTION_KEYS = frozenset({"device", "num_workers", "threads"})
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    title: str
+    source: str
+    kind: str  # "grid" (pretrain rows x transfer columns) or "datasets" (Table 1)
+    rows: dict[str, dict]
+    columns: list[str]
+    column_specs: dict[str, dict]
+    pretrain: dict = field(default_factory=dict)
+    transfer: dict = field(default_factory=dict)
+    baseline: str | None = None
+    paper: dict[str, list] = field(default_factory=dict)
+    higher_is_better: bool | list[bool] = True
+    path: Path | None = None
+
+    def paper_value(self, row: str, column: str) -> Any:
+        values = self.paper.get(row)
+        return None if values is None else values[self.columns.index(column)]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    data_source: str
+    pretrain: dict[str, Any]
+    transfer: dict[str, Any]
+
+
+def list_tables() -> list[str]:
+    return sorted(p.stem for p in TABLES_DIR.glob("*.yaml"))
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_table(name: str) -> TableSpec:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else TABLES_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise unknown("table", name, list_tables())
+    raw = _load_yaml(path)
+    allowed = {
+        "name", "title", "source", "kind", "rows", "columns", "pretrain", "transfer",
+        "baseline", "paper", "higher_is_better",
+    }  # fmt: skip
+    _check_keys(raw, allowed, f"table spec {path}")
+    columns = raw.get("columns", {})
+    column_specs = columns if isinstance(columns, dict) else {c: {} for c in columns}
+    table = TableSpec(
+        name=raw.get("name", path.stem),
+        title=raw.get("title", path.stem),
+        source=raw.get("source", ""),
+        kind=raw.get("kind", "grid"),
+        rows=raw["rows"],
+        columns=list(column_specs),
+        column_specs=column_specs,
+        pretrain=raw.get("pretrain", {}),
+        transfer=raw.get("transfer", {}),
+        baseline=raw.get("baseline"),
+        paper=raw.get("paper", {}),
+        higher_is_better=raw.get("higher_is_better", True),
+        path=path,
+    )
+    _check_table(table)
+    return table
+
+
+def _check_table(table: TableSpec) -> None:
+    if table.baseline is not None and table.baseline not in table.rows:
+        raise unknown(f"baseline row of {table.name}", table.baseline, table.rows)
+    for row, values in table.paper.items():
+        if row not in table.rows:
+            raise unknown(f"row in the paper numbers of {table.name}", row, table.rows)
+        if len(values) != len(table.columns):
+            raise HarnessError(
+                f"{table.path}: paper row '{row}' has {len(values)} values "
+                f"for {len(table.columns)} columns {table.columns}"
+            )
+
+
+def load_profile(name: str) -> Profile:
+    path = PROFILES_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise unknown("profile", name, list_profiles())
+    raw = _load_yaml(path)
+    _check_keys(raw, {"name", "description", "data_source", "pretrain", "transfer"}, str(path))
+    return Profile(
+        name=raw["name"],
+        description=raw.get("description", ""),
+        data_source=raw["data_source"],
+        pretrain=raw.get("pretrain", {}),
+        transfer=raw.get("transfer", {}),
+    )
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def resolve(defaults: dict, *layers: dict) -> dict:
+    """Deep-merge `layers` onto a copy of `defaults`; a key unknown to the defaults is an error."""
+    out = copy.deepcopy(defaults)
+    for layer in layers:
+        _merge_into(out, layer, prefix="")
+    return out
+
+
+def apply_profile(spec: dict, sizes: dict[str, Any], where: str) -> dict:
+    """Set or scale the dotted keys of a profile section (``{scale: f}`` multiplies the spec's value)."""
+    out = copy.deepcopy(spec)
+    for key, value in sizes.items():
+        current = get_dotted(out, key, where)
+        if isinstance(value, dict) and set(value) == {"scale"}:
+            value = max(1, round(current * value["scale"])) if isinstance(current, int) else current * value["scale"]
+        set_dotted(out, key, value, where)
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["pretrain.epochs=5", "transfer.protocol.n_wd=9"]`` -> dotted keys to YAML-parsed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HarnessError(f"override '{item}' is not key=value (for example pretrain.epochs=5)")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict, dict]:
+    """Separate ``pretrain.*`` and ``transfer.*`` overrides; any other prefix is an error."""
+    sections: dict[str, dict] = {"pretrain": {}, "transfer": {}}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head not in sections or not rest:
+            hint = closest(head, sections)
+            raise HarnessError(
+                f"override '{key}': keys start with 'pretrain.' or 'transfer.'"
+                + (f" (did you mean '{hint}.{rest}'?)" if hint and rest else "")
+            )
+        sections[head][rest] = value
+    return sections["pretrain"], sections["transfer"]
+
+
+def get_dotted(spec: dict, key: str, where: str) -> Any:
+    node: Any = spec
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise _unknown_key(spec, key, where)
+        node = node[part]
+    return node
+
+
+def set_dotted(spec: dict, key: str, value: Any, where: str) -> None:
+    get_dotted(spec, key, where)  # the key must exist: typos fail loudly
+    *parents, last = key.split(".")
+    node = spec
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def spec_hash(payload: dict) -> str:
+    """sha256 of the canonical JSON of `payload`, execution-only keys removed."""
+    text = json.dumps(_strip_execution(payload), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dotted_keys(spec: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in spec.items():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, dict):
+            keys.extend(dotted_keys(value, full + "."))
+    return keys
+
+
+def _merge_into(out: dict, layer: dict, prefix: str) -> None:
+    for key, value in layer.items():
+        if key not in out:
+            raise _unknown_key(out, prefix + key, "spec", root_prefix=prefix)
+        if isinstance(value, dict) and isinstance(out[key], dict):
+            _merge_into(out[key], value, prefix + key + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+
+
+def _unknown_key(spec: dict, key: str, where: str, root_prefix: str = "") -> HarnessError:
+    valid = [root_prefix + k for k in dotted_keys(spec)] if root_prefix else dotted_keys(spec)
+    hint = closest(key, valid)
+    return HarnessError(
+        f"unknown key '{key}' in {where}." + (f" Did you mean '{hint}'?" if hint else "")
+    )
+
+
+def _strip_execution(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_execution(v) for k, v in value.items() if k not in EXECUTION_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_strip_execution(v) for v in value]
+    return value
+
+
+def _check_keys(raw: dict, allowed: set[str], where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            hint = closest(key, allowed)
+            raise HarnessError(
+                f"unknown key '{key}' in {where}." + (f" Did you mean '{hint}'?" if hint else "")
+            )
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise HarnessError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise HarnessError(f"{path} must hold a mapping at the top level")
+    return raw

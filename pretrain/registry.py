@@ -1,0 +1,34 @@
+"""Name lookups with loud errors: an unknown name lists the valid ones and the closest match.
+
+The one home of this idea for `pretrain/` and `transfer/` (which may not import `harness/`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def closest(name: str, valid: Iterable[str]) -> str | None:
+    """The valid name nearest to `name`, or None when nothing is close."""
+    matches = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def unknown_name(what: str, name: str, valid: Iterable[str]) -> str:
+    """'unknown <what> 'x'. Did you mean 'y'? Valid: a, b, c'."""
+    valid = sorted(valid)
+    hint = closest(name, valid)
+    return f"unknown {what} '{name}'." + (f" Did you mean '{hint}'?" if hint else "") + (
+        f" Valid: {', '.join(valid)}"
+    )
+
+
+def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
+    """registry[name], or a ValueError naming the valid names and the closest one."""
+    if name not in registry:
+        raise ValueError(unknown_name(what, name, registry))
+    return registry[name]

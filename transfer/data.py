@@ -1,0 +1,84 @@
+"""Target datasets of the transfer protocols, by the paper's names, each with a bias-world twin.
+
+Each target knows the metric the paper reports on it (Table 2: top-1; mean per-class accuracy for Pets as
+in ssl-transfer; 11-point mAP for VOC07, one binary classifier per class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pretrain.registry import lookup
+import numpy as np
+import torch
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class TargetDataset:
+    name: str
+    paper_name: str
+    biasworld: str  # bias-world variant standing in for it
+    metric: str  # a key of transfer.metrics.METRICS
+    multilabel: bool = False
+
+
+TARGETS: dict[str, TargetDataset] = {
+    t.name: t
+    for t in [
+        TargetDataset("cifar10", "CIFAR10", "cifar10", "top1"),
+        TargetDataset("cars", "Stanford Cars", "cars", "top1"),
+        TargetDataset("food", "Food-101", "food", "top1"),
+        TargetDataset("pets", "Oxford Pets", "pets", "mean_per_class"),
+        TargetDataset("places", "Places365", "places", "top1"),
+        TargetDataset("sun", "SUN397", "sun", "top1"),
+        TargetDataset("voc07", "PASCAL VOC 2007", "voc07", "map11", multilabel=True),
+    ]
+}
+
+
+def get_target(name: str) -> TargetDataset:
+    return lookup(TARGETS, name, "target dataset")
+
+
+def target_defaults(name: str) -> dict[str, Any]:
+    """The data section of a transfer spec. Sizes are the bias world's; real data uses its own splits."""
+    get_target(name)
+    return {
+        "name": name,
+        "source": "biasworld",
+        "image_size": 224,
+        "n_train": 5000,
+        "n_val": 1000,
+        "n_test": 5000,
+        "seed": 0,
+    }
+
+
+def load_split(
+    spec: dict[str, Any], split: str, cache_dir: Path | None
+) -> tuple[torch.Tensor, np.ndarray]:
+    """(images uint8 (N,3,H,W), labels (N,) int64 or (N,C) uint8) of one split."""
+    target = get_target(spec["name"])
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
+    if spec["source"] != "biasworld":
+        raise NotImplementedError(
+            f"real loader for '{target.paper_name}' is not built yet (issue 4: transfer datasets); "
+            "run with --profile tiny (bias world) for now"
+        )
+    from pretrain.data.biasworld import generate
+
+    world = generate(
+        target.biasworld,
+        split=split,
+        n=int(spec[f"n_{split}"]),
+        size=int(spec["image_size"]),
+        seed=int(spec["seed"]),
+        cache_dir=cache_dir,
+    )
+    images = torch.from_numpy(np.ascontiguousarray(world.images.transpose(0, 3, 1, 2)))
+    return images, world.labels
