@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from harness.planner import Plan
-from harness.store import DONE, FAILED, PENDING, Store
+from harness.store import BLOCKED, DONE, FAILED, PENDING, Store
 
 MISSING = "missing"
 
@@ -71,10 +71,25 @@ def _collate_datasets(plan: Plan, store: Store, rows: list[str], columns: list[s
 
 
 def _state(store: Store, job, result: dict | None) -> str:
+    """done, failed, running, blocked (a dependency failed) or missing."""
     if result is not None:
         return DONE
     state = store.local_state(job)
-    return FAILED if state == FAILED else (MISSING if state == PENDING else state)
+    if state == PENDING:
+        failed = any(store.local_state(plan_job) == FAILED for plan_job in deps_of(store, job))
+        return BLOCKED if failed else MISSING
+    return state
+
+
+def deps_of(store: Store, job) -> list:
+    """The stored jobs `job` depends on (those never registered are skipped)."""
+    out = []
+    for key in job.deps:
+        try:
+            out.append(store.load_job(key))
+        except FileNotFoundError:
+            continue
+    return out
 
 
 def _yes_no(value: bool | None) -> str | None:
