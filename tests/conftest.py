@@ -1,4 +1,26 @@
+"""Shared test settings and the session fixture that starts the one-node SLURM cluster."""
+
 import os
+import subprocess
+from pathlib import Path
+
+import pytest
 
 # Two cores: keep BLAS and torch from oversubscribing them in tests.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+START = Path(__file__).resolve().parents[1] / "slurm" / "start_cluster.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """Starts the cluster, or checks that it runs (idempotent: ~1 s when up). Returns the script output."""
+    try:
+        out = subprocess.run(
+            ["bash", str(START)], capture_output=True, text=True, timeout=600, check=False
+        )
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"{START} did not finish in 600 s:\n{err.stdout}\n{err.stderr}")
+    if out.returncode != 0:
+        pytest.fail(f"{START} failed (exit {out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out.stdout

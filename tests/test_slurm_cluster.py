@@ -30,20 +30,6 @@ PROFILE_FIELDS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time
 WAIT_S = 60.0  # any job here ends within seconds (sched_interval=2); a hang must fail, not block CI
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> str:
-    """Starts the cluster, or checks that it runs (idempotent: ~1 s when up). Returns the script output."""
-    try:
-        out = subprocess.run(
-            ["bash", str(START)], capture_output=True, text=True, timeout=600, check=False
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"{START} did not finish in 600 s:\n{err.stdout}\n{err.stderr}")
-    if out.returncode != 0:
-        pytest.fail(f"{START} failed (exit {out.returncode}):\n{out.stdout}\n{out.stderr}")
-    return out.stdout
-
-
 def _executor(folder: Path, **slurm: object) -> submitit.AutoExecutor:
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     executor.update_parameters(
