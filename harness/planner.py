@@ -120,5 +120,5 @@ def transfer_spec(table: TableSpec, column: str, profile: Profile, overrides: di
 
 def _apply_overrides(spec: dict, overrides: dict, section: str) -> dict:
     for key, value in overrides.items():
-        set_dotted(spec, key, value, f"the {section} spec (override '{section}.{key}')")
+        set_dotted(spec, key, value, f"the {section} spec", prefix=f"{section}.")
     return spec

@@ -175,17 +175,18 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict, dict]:
     return sections["pretrain"], sections["transfer"]
 
 
-def get_dotted(spec: dict, key: str, where: str) -> Any:
+def get_dotted(spec: dict, key: str, where: str, prefix: str = "") -> Any:
+    """spec["a"]["b"] for key "a.b"; an unknown key names the closest valid one (with `prefix`)."""
     node: Any = spec
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise _unknown_key(spec, key, where)
+            raise _unknown_key({prefix.rstrip("."): spec} if prefix else spec, prefix + key, where)
         node = node[part]
     return node
 
 
-def set_dotted(spec: dict, key: str, value: Any, where: str) -> None:
-    get_dotted(spec, key, where)  # the key must exist: typos fail loudly
+def set_dotted(spec: dict, key: str, value: Any, where: str, prefix: str = "") -> None:
+    get_dotted(spec, key, where, prefix)  # the key must exist: typos fail loudly
     *parents, last = key.split(".")
     node = spec
     for part in parents:

@@ -32,8 +32,8 @@ def test_store_results_render_with_paper_beside(tmp_path):
     md = to_markdown(c)
     assert "| OI-118K | — | — |" in md
     # COCO (4 letters) vs IN-118K (7 letters): delta -3.0 on every column
-    assert "| COCO | 47.7 (-3.0) |" in md
-    assert "| IN-118K | 50.0" not in md and "| IN-118K | 57.7 |" in md
+    assert "| COCO | 54.7 (-3.0) |" in md  # CIFAR10: 50 + 4 + 0.7
+    assert "| IN-118K | 57.7 |" in md  # the baseline row shows no delta
     tex = to_latex(c)
     assert "IN-118K-LT" in tex and "{\\scriptsize (-3.0)}" in tex and "\\toprule" in tex
     csv = to_csv(c)
