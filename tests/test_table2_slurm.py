@@ -19,7 +19,11 @@ def test_table2_runs_on_slurm_with_dependencies(slurm_cluster, tmp_path):
     # every job ran under SLURM: its provenance names the SLURM job id recorded at submission
     for prov in tmp_path.glob("jobs/*/provenance.json"):
         slurm = json.loads((prov.parent / "slurm.json").read_text())
-        assert json.loads(prov.read_text())["slurm"]["SLURM_JOB_ID"].startswith(slurm["job_id"].split("_")[0])
+        env = json.loads(prov.read_text())["slurm"]
+        ran_as = env["SLURM_JOB_ID"]
+        if "SLURM_ARRAY_JOB_ID" in env:  # a task of a job array: <array id>_<task id>
+            ran_as = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        assert ran_as == slurm["job_id"]
     # transfer jobs waited on their pretraining job (afterok)
     sbatch = list(tmp_path.glob("slurm/*/*/*_submission.sh")) + list(tmp_path.glob("slurm/*/*_submission.sh"))
     assert any("--dependency=afterok:" in p.read_text() for p in sbatch)
