@@ -141,30 +141,22 @@ def run_pretrain(ctx: JobContext) -> dict:
 
 
 def run_transfer(ctx: JobContext) -> dict:
-    import torch
-
-    from pretrain.backbones import load_backbone
-    from transfer.data import load_split
-    from transfer.features import cached_features
-    from transfer.linear import LinearProtocol, linear_eval
+    from transfer.tasks import TaskContext, run_task
 
     spec = ctx.job.spec
     device = _setup_torch(spec)
     source = ctx.store.load_job(ctx.job.deps[0])
     summary = ctx.store.result(source)
-    backbone = load_backbone(ctx.store.job_dir(source.key, source.kind) / "work" / summary["backbone"])
-    backbone.to(device)
-    data_id = spec_hash({"data": spec["data"], "image_size": spec["image_size"]})[:16]
-    splits = {}
-    for split in ("train", "val", "test"):
-        images, labels = load_split(spec["data"], split, ctx.store.cache / "biasworld")
-        cache = ctx.store.cache / "features" / source.key[:16] / f"{data_id}-{split}.pt"
-        feats = cached_features(cache, backbone, images, spec["image_size"], spec["batch_size"])
-        splits[split] = (feats, torch.as_tensor(labels))
-        ctx.progress({"stage": f"features {split}", "n": len(images)})
-    ctx.progress({"stage": "linear sweep"})
-    out = linear_eval(splits["train"], splits["val"], splits["test"], LinearProtocol(**spec["protocol"]))
-    return {"value": float(out["test"]), "metric": spec["protocol"]["metric"], **out}
+    task_ctx = TaskContext(
+        backbone_path=ctx.store.job_dir(source.key, source.kind) / "work" / summary["backbone"],
+        source_key=source.key,
+        cache_dir=ctx.store.cache,
+        workdir=ctx.workdir,
+        roots=dict(ctx.roots or {}),
+        device=device,
+        progress=ctx.progress,
+    )
+    return run_task(spec, task_ctx)
 
 
 def run_datastats(ctx: JobContext) -> dict:

@@ -97,7 +97,7 @@ def pretrain_spec(table: TableSpec, row_spec: dict, profile: Profile, overrides:
 
 def transfer_spec(table: TableSpec, column: str, profile: Profile, overrides: dict) -> dict:
     from transfer.data import target_defaults
-    from transfer.tasks import task_defaults
+    from transfer.tasks import task_defaults, task_spec_defaults
 
     merged = {**table.transfer, **table.column_specs[column]}
     task = merged.get("task", "linear")
@@ -108,13 +108,13 @@ def transfer_spec(table: TableSpec, column: str, profile: Profile, overrides: di
         "task": task,
         "data": target_defaults(data_name),
         "protocol": task_defaults(task, data_name),
-        "image_size": 224,  # evaluation resolution (A.2: Resize to 224 x 224)
-        "batch_size": 256,  # feature extraction batch: execution only
         "device": "auto",
+        **task_spec_defaults(task),  # e.g. the linear task's evaluation image_size and batch_size
     }
     defaults["data"]["source"] = profile.data_source
     spec = resolve(defaults, table.transfer, table.column_specs[column])
     spec = apply_profile(spec, profile.transfer, f"profile {profile.name}")
+    spec = apply_profile(spec, profile.tasks.get(task, {}), f"profile {profile.name}, tasks.{task}")
     return _apply_overrides(spec, overrides, "transfer")
 
 

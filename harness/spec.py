@@ -12,6 +12,7 @@ Profiles only touch sizes; a profile value ``{scale: f}`` multiplies the spec's 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -57,7 +58,8 @@ class Profile:
     description: str
     data_source: str
     pretrain: dict[str, Any]
-    transfer: dict[str, Any]
+    transfer: dict[str, Any]  # every transfer job
+    tasks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per task, after `transfer`
 
 
 def list_tables() -> list[str]:
@@ -117,13 +119,20 @@ def load_profile(name: str) -> Profile:
     if not path.exists():
         raise unknown("profile", name, list_profiles())
     raw = _load_yaml(path)
-    _check_keys(raw, {"name", "description", "data_source", "pretrain", "transfer"}, str(path))
+    _check_keys(raw, {"name", "description", "data_source", "pretrain", "transfer", "tasks"}, str(path))
+    tasks = raw.get("tasks", {}) or {}
+    from transfer.tasks import TASKS
+
+    for task in tasks:
+        if task not in TASKS:
+            raise unknown(f"transfer task in profile {path}", task, TASKS)
     return Profile(
         name=raw["name"],
         description=raw.get("description", ""),
         data_source=raw["data_source"],
         pretrain=raw.get("pretrain", {}),
         transfer=raw.get("transfer", {}),
+        tasks=tasks,
     )
 
 

@@ -24,6 +24,8 @@ class TargetDataset:
     biasworld: str  # bias-world variant standing in for it
     metric: str  # a key of transfer.metrics.METRICS
     multilabel: bool = False
+    linear: bool = True  # a classification target of the linear protocols
+    higher_is_better: bool = True  # False for errors (depth RMSE)
 
 
 TARGETS: dict[str, TargetDataset] = {
@@ -36,8 +38,45 @@ TARGETS: dict[str, TargetDataset] = {
         TargetDataset("places", "Places365", "places", "top1"),
         TargetDataset("sun", "SUN397", "sun", "top1"),
         TargetDataset("voc07", "PASCAL VOC 2007", "voc07", "map11", multilabel=True),
+        # dense targets (Tables 3, 5, 6, 9): see DenseSet / VideoSet below for what their loaders return
+        TargetDataset("voc12_seg", "PASCAL VOC 2012 (train_aug / val)", "voc07", "miou", linear=False),
+        TargetDataset("cityscapes", "Cityscapes", "cityscapes", "miou", linear=False),
+        TargetDataset("nyud_seg", "NYUD-v2 (segmentation)", "nyud", "miou", linear=False),
+        TargetDataset("nyud_depth", "NYUD-v2 (depth)", "nyud", "rmse", linear=False, higher_is_better=False),
+        TargetDataset("voc_det", "PASCAL VOC 07+12 (detection)", "voc07", "ap", linear=False),
+        TargetDataset("davis", "DAVIS-2017 (val)", "davis", "jf", linear=False),
     ]
 }
+
+
+@dataclass
+class DenseSet:
+    """One split of a dense target, the same for the bias world and for real loaders.
+
+    images may be a uint8 tensor (N, 3, H, W) or, for real data of mixed sizes, a sequence whose items
+    are uint8 (3, H_i, W_i) tensors; the masks/depth/boxes follow the same indexing.
+    """
+
+    images: Any  # uint8 (N,3,H,W) tensor, or sequence of (3,H_i,W_i)
+    num_classes: int  # including background (class 0) for segmentation; object classes for detection
+    class_names: tuple[str, ...]
+    class_mask: Any = None  # int64 (N,H,W) or sequence of (H_i,W_i): class id, IGNORE_INDEX where unlabelled
+    depth: Any = None  # float32 (N,H,W) or sequence, metres (bias world: relative units), 0 where invalid
+    boxes: list | None = None  # per image: float32 (M_i, 4) xyxy pixels
+    box_labels: list | None = None  # per image: int64 (M_i,) in [0, num_classes)
+    box_difficult: list | None = None  # per image: bool (M_i,) (VOC 'difficult'); None: none difficult
+
+
+@dataclass
+class Video:
+    """One clip: frames and per-frame instance masks (0 background, 1..K objects)."""
+
+    name: str
+    frames: torch.Tensor  # uint8 (T, 3, H, W)
+    masks: torch.Tensor  # int64 (T, H, W); DAVIS evaluates frames 1..T-1 given frame 0
+
+
+IGNORE_INDEX = 255
 
 
 def get_target(name: str) -> TargetDataset:
@@ -59,7 +98,7 @@ def target_defaults(name: str) -> dict[str, Any]:
 
 
 def load_split(
-    spec: dict[str, Any], split: str, cache_dir: Path | None
+    spec: dict[str, Any], split: str, cache_dir: Path | None, roots: dict[str, str] | None = None
 ) -> tuple[torch.Tensor, np.ndarray]:
     """(images uint8 (N,3,H,W), labels (N,) int64 or (N,C) uint8) of one split."""
     target = get_target(spec["name"])

@@ -43,6 +43,14 @@ def extract(backbone: nn.Module, images: torch.Tensor, size: int, batch_size: in
     return torch.cat(out)
 
 
+def data_id(data: dict, image_size: int) -> str:
+    """16 hex digits naming (target data spec, evaluation size) for feature caches."""
+    import json
+
+    blob = json.dumps({"data": data, "image_size": image_size}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def state_fingerprint(module: nn.Module) -> str:
     """sha256 over every parameter and buffer (BN running statistics included)."""
     digest = hashlib.sha256()

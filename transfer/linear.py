@@ -340,3 +340,48 @@ def linear_eval(train: Split, val: Split, test: Split, protocol: LinearProtocol)
         "grad_max": sweep["grad_max"] + [refit_grad],
         "fit_s": time.perf_counter() - start,
     }
+
+
+# ----------------------------------------------------------------------------- the transfer task
+
+
+def run_linear(spec: dict, ctx) -> dict:
+    """Table 2's protocol on one target: cached frozen features of each split, then the sweep."""
+    from pretrain.backbones import load_backbone
+    from transfer.data import load_split
+    from transfer.features import cached_features, data_id
+
+    backbone = load_backbone(ctx.backbone_path).to(ctx.device)
+    tag = data_id(spec["data"], spec["image_size"])
+    splits = {}
+    for split in ("train", "val", "test"):
+        images, labels = load_split(spec["data"], split, ctx.cache_dir / "biasworld", ctx.roots)
+        cache = ctx.cache_dir / "features" / ctx.source_key[:16] / f"{tag}-{split}.pt"
+        feats = cached_features(cache, backbone, images, spec["image_size"], spec["batch_size"])
+        splits[split] = (feats, torch.as_tensor(labels))
+        ctx.progress({"stage": f"features {split}", "n": len(images)})
+    ctx.progress({"stage": "linear sweep"})
+    out = linear_eval(splits["train"], splits["val"], splits["test"], LinearProtocol(**spec["protocol"]))
+    return {"value": float(out["test"]), "metric": spec["protocol"]["metric"], **out}
+
+
+def _register() -> None:
+    from transfer.data import TARGETS
+    from transfer.tasks import Task, register
+
+    register(
+        Task(
+            name="linear",
+            protocol=LinearProtocol,
+            run=run_linear,
+            targets=tuple(n for n, t in TARGETS.items() if t.linear),
+            spec_defaults={
+                "image_size": 224,  # evaluation resolution (A.2: Resize to 224 x 224)
+                "batch_size": 256,  # feature extraction batch: execution only
+            },
+            description="frozen pooled features, L2 logistic regression swept over 45 strengths (Table 2)",
+        )
+    )
+
+
+_register()

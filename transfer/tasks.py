@@ -1,20 +1,87 @@
-"""Transfer tasks by name, each with its protocol dataclass (the paper's values as defaults)."""
+"""Transfer tasks by name: each a protocol dataclass (the paper's values as defaults) and a runner.
+
+A transfer job's spec is ``{"task", "data", "protocol", "device", **task.spec_defaults}``; the harness
+resolves it (defaults <- table <- profile <- overrides) and calls ``run_task(spec, ctx)``, which returns
+``{"value": float, "metric": str, ...}``: `value` is the number the table shows. Runners never import
+`harness`; everything they need from the job comes through `TaskContext`.
+"""
 
 from __future__ import annotations
 
-from pretrain.registry import lookup
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from transfer.data import get_target
-from transfer.linear import LinearProtocol
+from pretrain.registry import lookup
 
-TASKS: dict[str, type] = {"linear": LinearProtocol}
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a transfer runner gets from its job."""
+
+    backbone_path: Path  # the pretraining job's saved backbone (pretrain.backbones.load_backbone)
+    source_key: str  # the pretraining job's key: names per-checkpoint caches (features)
+    cache_dir: Path  # the store's shared cache: cache_dir / "biasworld", cache_dir / "features", ...
+    workdir: Path  # this job's scratch directory (checkpoints of finetuning runs live here)
+    roots: dict[str, str] = field(default_factory=dict)  # real dataset roots, by dataset name
+    device: str = "cpu"
+    progress: Callable[[dict], None] = lambda info: None  # {"stage": ..., "epoch": ..., ...}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    protocol: type  # dataclass; its field defaults are the paper's values
+    run: Callable[[dict[str, Any], TaskContext], dict[str, Any]]
+    targets: tuple[str, ...]  # target datasets (keys of transfer.data.TARGETS) it accepts
+    spec_defaults: dict[str, Any] = field(default_factory=dict)  # extra top-level spec fields
+    description: str = ""
+    # target -> protocol fields that differ per dataset (e.g. the FCN head's dilation: 6 VOC, 1 Cityscapes)
+    per_target: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    if task.name in TASKS:
+        raise ValueError(f"transfer task '{task.name}' registered twice")
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    return lookup(TASKS, name, "transfer task")
 
 
 def task_defaults(task: str, target: str) -> dict[str, Any]:
-    """The protocol section of a transfer spec, with the metric the paper reports on `target`."""
+    """The protocol section of a transfer spec on `target`, with the metric the paper reports there."""
+    from transfer.data import get_target
+
+    t = get_task(task)
     info = get_target(target)
-    protocol = dataclasses.asdict(lookup(TASKS, task, "transfer task")())
+    if target not in t.targets:
+        from pretrain.registry import unknown_name
+
+        raise ValueError(unknown_name(f"target dataset of task '{task}'", target, t.targets))
+    protocol = dataclasses.asdict(t.protocol())
+    protocol.update(t.per_target.get(target, {}))
     protocol.update(metric=info.metric, multilabel=info.multilabel)
     return protocol
+
+
+def task_spec_defaults(task: str) -> dict[str, Any]:
+    return dict(get_task(task).spec_defaults)
+
+
+def run_task(spec: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    out = get_task(spec["task"]).run(spec, ctx)
+    if "value" not in out or "metric" not in out:
+        raise RuntimeError(f"task '{spec['task']}' returned no value/metric: {sorted(out)}")
+    return out
+
+
+# The built-in tasks register themselves on import; add a module here to add a task.
+import transfer.linear  # noqa: E402,F401
