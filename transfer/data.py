@@ -105,10 +105,9 @@ def load_split(
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
     if spec["source"] != "biasworld":
-        raise NotImplementedError(
-            f"real loader for '{target.paper_name}' is not built yet (issue 4: transfer datasets); "
-            "run with --profile tiny (bias world) for now"
-        )
+        from transfer.real import load_classification
+
+        return load_classification(spec, split, roots or {})
     from pretrain.data.biasworld import generate
 
     world = generate(
@@ -121,3 +120,33 @@ def load_split(
     )
     images = torch.from_numpy(np.ascontiguousarray(world.images.transpose(0, 3, 1, 2)))
     return images, world.labels
+
+
+def load_dense(
+    spec: dict[str, Any], split: str, cache_dir: Path | None, roots: dict[str, str] | None = None
+) -> DenseSet:
+    """One split of a dense target (segmentation, depth, detection, segment retrieval)."""
+    get_target(spec["name"])
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
+    if spec["source"] == "biasworld":
+        from transfer.biasworld_dense import dense_split
+
+        return dense_split(spec, split, cache_dir)
+    from transfer.real import load_dense as load_real_dense
+
+    return load_real_dense(spec, split, roots or {})
+
+
+def load_videos(
+    spec: dict[str, Any], split: str, cache_dir: Path | None, roots: dict[str, str] | None = None
+) -> list[Video]:
+    """The clips of a video target (DAVIS-2017 val and its bias-world twin)."""
+    get_target(spec["name"])
+    if spec["source"] == "biasworld":
+        from transfer.biasworld_video import video_split
+
+        return video_split(spec, split, cache_dir)
+    from transfer.real import load_videos as load_real_videos
+
+    return load_real_videos(spec, split, roots or {})
