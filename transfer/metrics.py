@@ -165,3 +165,167 @@ def get_metric(
 ) -> Callable[[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor], float]:
     """METRICS[name], or a ValueError listing the valid names and the closest one."""
     return METRICS[name]
+
+
+# ----------------------------------------------------------------------------- dense metrics (Table 3)
+# Semantic segmentation: mIoU over classes from a confusion matrix accumulated over the whole split (as the
+# official `evaluation/segmentation` code): IoU_c = TP_c / (TP_c + FP_c + FN_c); classes that never occur
+# in target nor prediction (union 0) are left out of the mean. Depth: RMSE pooled over every valid pixel of the
+# split. Detection: COCO-style AP (mean over IoU 0.5:0.05:0.95), AP50, AP75, written after pycocotools'
+# COCOeval (greedy matching by score, all-point interpolated precision sampled at 101 recall points).
+
+IGNORE_INDEX = 255
+COCO_IOUS = np.linspace(0.5, 0.95, 10)  # pycocotools' iouThrs
+
+
+def confusion_matrix(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    num_classes: int,
+    ignore_index: int = IGNORE_INDEX,
+) -> np.ndarray:
+    """(C, C) int64 counts, rows = target class, columns = predicted class; pixels labelled ignore_index skipped."""
+    pred, target = torch.as_tensor(pred).reshape(-1).long(), torch.as_tensor(target).reshape(-1).long()
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have as many pixels, got {pred.numel()} and {target.numel()}")
+    keep = target != ignore_index
+    pred, target = pred[keep], target[keep]
+    for name, t in (("target", target), ("pred", pred)):
+        if t.numel() and (t.min() < 0 or t.max() >= num_classes):
+            raise ValueError(
+                f"{name} class ids must be in [0, {num_classes}) or {ignore_index} (ignored), "
+                f"got range [{int(t.min())}, {int(t.max())}]"
+            )
+    counts = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).cpu().numpy()
+
+
+def class_iou(confusion: np.ndarray) -> np.ndarray:
+    """(C,) IoU per class; NaN where the class occurs in neither target nor prediction."""
+    confusion = np.asarray(confusion, np.float64)
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def miou(confusion: np.ndarray) -> float:
+    """100 * mean IoU over the classes present in target or prediction (see class_iou)."""
+    confusion = np.asarray(confusion)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must be a square (C, C) matrix, got shape {confusion.shape}")
+    iou = class_iou(confusion)
+    if np.isnan(iou).all():
+        raise ValueError("mIoU is undefined: the confusion matrix is empty")
+    return 100.0 * float(np.nanmean(iou))
+
+
+def rmse(
+    pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, valid: np.ndarray | torch.Tensor | None = None
+) -> float:
+    """sqrt(mean squared error) over the valid pixels (default: target > 0, NYUD's invalid depth is 0)."""
+    pred, target = torch.as_tensor(pred).double(), torch.as_tensor(target).double()
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+    valid = target > 0 if valid is None else torch.as_tensor(valid).bool()
+    if not valid.any():
+        raise ValueError("RMSE is undefined: no valid target pixel")
+    return float(((pred - target)[valid] ** 2).mean().sqrt())
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) IoU of xyxy boxes, areas w * h (pycocotools; VOC's devkit adds 1 pixel)."""
+    wh = np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]), 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def _match(dets: np.ndarray, gts: np.ndarray, ignore: np.ndarray, t: float) -> np.ndarray:
+    """Per detection (rows sorted by score, descending): 1 TP, 0 FP, -1 ignored (matched a difficult box).
+
+    pycocotools' rule: each detection takes the unmatched ground truth of highest IoU >= t, preferring
+    non-ignored boxes; a detection that can only match an ignored box is ignored."""
+    out = np.zeros(len(dets), np.int64)
+    if len(gts) == 0:
+        return out
+    iou = _box_iou(dets, gts)
+    taken = np.zeros(len(gts), bool)
+    for d in range(len(dets)):
+        for pool, flag in ((~ignore, 1), (ignore, -1)):
+            cand = np.flatnonzero(pool & ~taken & (iou[d] >= t))
+            if len(cand):
+                g = cand[np.argmax(iou[d, cand])]
+                taken[g], out[d] = True, flag
+                break
+    return out
+
+
+def _interpolated_ap(matches: np.ndarray, scores: np.ndarray, n_gt: int, recall_points: int) -> float:
+    """AP in [0, 1]: precision made non-increasing, read at `recall_points` recalls in [0, 1] (0 beyond reach)."""
+    keep = matches >= 0
+    order = np.argsort(-scores[keep], kind="mergesort")  # stable, as pycocotools
+    tp = np.cumsum(matches[keep][order] == 1)
+    fp = np.cumsum(matches[keep][order] == 0)
+    if len(tp) == 0:
+        return 0.0
+    recall, precision = tp / n_gt, tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    thresholds = np.linspace(0.0, 1.0, recall_points)
+    index = np.searchsorted(recall, thresholds, side="left")
+    return float(np.mean(np.where(index < len(recall), envelope[np.minimum(index, len(recall) - 1)], 0.0)))
+
+
+def detection_ap(
+    detections: list[dict],
+    ground_truth: list[dict],
+    num_classes: int,
+    iou_thresholds: np.ndarray = COCO_IOUS,
+    recall_points: int = 101,
+    max_detections: int = 100,
+) -> dict:
+    """COCO-style box AP in percent: {'ap' (mean over iou_thresholds), 'ap50', 'ap75', 'per_class' (C,) AP}.
+
+    detections[i]: {'boxes' (K,4) xyxy, 'scores' (K,), 'labels' (K,) in [0, C)} of image i; ground_truth[i]:
+    {'boxes' (M,4), 'labels' (M,), optional 'difficult' (M,) bool: matched detections are ignored, and they do not
+    count as positives}. Per image and class at most `max_detections` top-scored detections count (pycocotools:
+    per image). Classes without a non-difficult box are left out of the mean (pycocotools' -1). recall_points=11
+    with iou_thresholds=[0.5] gives the VOC07 11-point AP."""
+    if len(detections) != len(ground_truth):
+        raise ValueError(f"{len(detections)} images of detections but {len(ground_truth)} of ground truth")
+    thresholds = np.asarray(iou_thresholds, np.float64)
+    ap = np.full((len(thresholds), num_classes), np.nan)
+    for c in range(num_classes):
+        per_image = [_class_rows(d, g, c, max_detections) for d, g in zip(detections, ground_truth)]
+        n_gt = sum(int((~ig).sum()) for _, _, _, ig in per_image)
+        if n_gt == 0:
+            continue
+        scores = np.concatenate([s for _, s, _, _ in per_image])
+        for k, t in enumerate(thresholds):
+            matches = np.concatenate([_match(b, gb, ig, t) for b, _, gb, ig in per_image])
+            ap[k, c] = _interpolated_ap(matches, scores, n_gt, recall_points)
+    if np.isnan(ap).all():
+        raise ValueError("detection AP is undefined: no class has a (non-difficult) ground-truth box")
+    scored = ~np.isnan(ap[0])  # classes with a ground-truth box
+
+    def at(t: float) -> float:
+        rows = np.isclose(thresholds, t)
+        return 100.0 * float(ap[rows][:, scored].mean()) if rows.any() else float("nan")
+
+    per_class = np.full(num_classes, np.nan)
+    per_class[scored] = ap[:, scored].mean(0)
+    return {"ap": 100.0 * float(ap[:, scored].mean()), "ap50": at(0.5), "ap75": at(0.75), "per_class": (100.0 * per_class).tolist()}
+
+
+def _class_rows(det: dict, gt: dict, c: int, max_detections: int) -> tuple:
+    """(det boxes sorted by score desc, their scores, gt boxes, gt ignore flags) of class c in one image."""
+    dl, gl = _numpy(det["labels"]), _numpy(gt["labels"])
+    boxes, scores = _numpy(det["boxes"]).reshape(-1, 4)[dl == c], _numpy(det["scores"])[dl == c]
+    order = np.argsort(-scores, kind="mergesort")[:max_detections]
+    difficult = _numpy(gt["difficult"]).astype(bool) if gt.get("difficult") is not None else np.zeros(len(gl), bool)
+    return (
+        boxes[order].astype(np.float64),
+        scores[order].astype(np.float64),
+        _numpy(gt["boxes"]).reshape(-1, 4)[gl == c].astype(np.float64),
+        difficult[gl == c],
+    )

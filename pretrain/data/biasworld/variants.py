@@ -135,6 +135,44 @@ VARIANTS: dict[str, VariantSpec] = {
             depth=(0.8, 2.5),
             background="layout",
         ),  # VOC: ~2.4 objects/img, larger ones
+        # dense transfer targets (Table 3): segmentation, depth
+        VariantSpec(
+            "cityscapes",
+            "street",
+            "street",
+            "multilabel",
+            objects=7.0,
+            radius=(0.1, 0.13),
+            depth=(0.7, 6.0),
+            background="street",
+        ),  # Cityscapes: street scenes like BDD100K's, busier; its own name, so its own images
+        VariantSpec(
+            "nyud",
+            "scene",
+            "world",
+            "multilabel",
+            scenes="coco",
+            objects=6.0,
+            radius=(0.15, 0.2),
+            depth=(0.8, 4.0),
+            grounded=0.8,
+            background="layout",
+            clutter=4,
+        ),  # NYUD-v2: cluttered rooms (wall above, floor below), several objects at 0.8-4 depth units
+        # video target (Tables 3, 5, 9): DAVIS-2017 clips follow 1-5 large salient objects (~2.5 per clip)
+        VariantSpec(
+            "davis",
+            "scene",
+            "world",
+            "multilabel",
+            scenes="coco",
+            objects=2.5,
+            max_objects=5,
+            radius=(0.17, 0.24),
+            depth=(0.8, 2.0),
+            background="layout",
+            clutter=2,
+        ),
     ]
 }
 

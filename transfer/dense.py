@@ -1,0 +1,405 @@
+"""End-to-end finetuning for dense prediction (Table 3, 4, 9; A.3 segmentation, A.5 depth).
+
+Model (official `evaluation/segmentation`): the pretrained ResNet with its last block dilated (dilation 2, stride 1:
+output stride 16), then
+- FCN head (VOC: dilation 6; Cityscapes: dilation 1): two 3x3 convs of 256 channels (BN, ReLU), then a 1x1 classifier;
+- DeepLab-v3 decoder (NYUD): ASPP (1x1, three 3x3 at rates 6/12/18, image pooling; 256 channels) then a 3x3 conv
+  (BN, ReLU) and a 1x1 classifier;
+logits upsampled bilinearly to the input. Training: random scaling 0.5-2.0, horizontal flips, random crops padded
+with the ignore label (255); cross-entropy ignoring 255 (segmentation), MSE on valid pixels (depth). Scored on val:
+mIoU from the split's confusion matrix, or pixel-pooled RMSE. The paper reports the mean of 5 runs (`n_runs`).
+
+Schedules are fractions of the run, so a profile that shortens `epochs` keeps their shape: VOC's x0.1 at epochs
+30 and 40 of 45 is `milestones=(30/45, 40/45)`; "poly" is lr * (1 - t)^0.9, t the fraction of steps done.
+Each run checkpoints at every epoch end into ctx.workdir and resumes from there (SLURM preemption); data order and
+augmentation are drawn from generators seeded by (seed, run, epoch), so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+from transfer.features import IMAGENET_MEAN, IMAGENET_STD
+from transfer.metrics import IGNORE_INDEX, confusion_matrix, miou, rmse
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("step", "poly")
+HEADS = ("fcn", "deeplabv3")
+
+
+# ----------------------------------------------------------------------------- the backbone
+
+
+def dilate_last_block(net: nn.Module, dilation: int = 2) -> nn.Module:
+    """In place: layer4 with stride 1 and dilated 3x3 convs (output stride 32 -> 16); the weights are unchanged.
+
+    As torchvision's replace_stride_with_dilation (which refuses BasicBlock): the first block keeps dilation 1 and
+    loses its stride (conv and downsample), the later blocks use `dilation` with padding = dilation. BasicBlock's
+    two 3x3 convs and Bottleneck's middle 3x3 conv are the ones changed."""
+    for i, block in enumerate(net.layer4):
+        d = 1 if i == 0 else dilation
+        if isinstance(block, Bottleneck):
+            convs = [block.conv2]
+        elif isinstance(block, BasicBlock):
+            convs = [block.conv1, block.conv2]
+        else:
+            raise TypeError(f"cannot dilate {type(block).__name__}: expected BasicBlock or Bottleneck")
+        for conv in convs:
+            conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
+        if block.downsample is not None:
+            block.downsample[0].stride = (1, 1)
+        block.stride = 1
+    return net
+
+
+def trunk(backbone: nn.Module) -> nn.Sequential:
+    """The ResNet up to its last block, dilated: (N,3,H,W) -> (N,D,H/16,W/16); D = backbone.out_dim."""
+    dilate_last_block(backbone)
+    b = backbone
+    net = nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool, b.layer1, b.layer2, b.layer3, b.layer4)
+    net.out_dim = backbone.out_dim
+    return net
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N,3,H,W) -> ImageNet-normalised float."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def _conv_bn_relu(cin: int, cout: int, dilation: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def fcn_head(cin: int, outputs: int, channels: int = 256, dilation: int = 6) -> nn.Sequential:
+    """Two 3x3 convs (BN, ReLU) at `dilation`, then a 1x1 classifier."""
+    return nn.Sequential(
+        *_conv_bn_relu(cin, channels, dilation), *_conv_bn_relu(channels, channels, dilation), nn.Conv2d(channels, outputs, 1)
+    )
+
+
+def deeplabv3_head(cin: int, outputs: int, channels: int = 256, rates: tuple[int, ...] = (6, 12, 18)) -> nn.Sequential:
+    """DeepLab-v3: ASPP (torchvision's: 1x1 + 3x3 at `rates` + image pooling, projection with dropout 0.5),
+    a 3x3 conv (BN, ReLU), a 1x1 classifier."""
+    return nn.Sequential(
+        ASPP(cin, list(rates), channels), *_conv_bn_relu(channels, channels, 1), nn.Conv2d(channels, outputs, 1)
+    )
+
+
+class DenseModel(nn.Module):
+    """Dilated trunk + head; forward: (N,3,H,W) normalised -> (N,outputs,H,W) upsampled logits / depth."""
+
+    def __init__(self, trunk: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.trunk, self.head = trunk, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.trunk(x))  # (N, outputs, H/16, W/16)
+        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+@dataclass
+class DenseProtocol:
+    """Segmentation on VOC (A.3); Cityscapes and NYUD differ per target (Task.per_target below)."""
+
+    epochs: int = 45
+    batch_size: int = 16
+    optimizer: str = "sgd"  # "sgd" (momentum) or "adam"
+    lr: float = 0.003
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"  # "step": x gamma at each milestone; "poly": (1 - t)^poly_power
+    milestones: tuple[float, ...] = (30 / 45, 40 / 45)  # fractions of the run: epochs 30 and 40 of 45
+    gamma: float = 0.1
+    poly_power: float = 0.9
+    head: str = "fcn"  # "fcn" (VOC, Cityscapes) or "deeplabv3" (NYUD)
+    head_channels: int = 256
+    head_dilation: int = 6  # FCN head: 6 VOC, 1 Cityscapes
+    aspp_rates: tuple[int, ...] = (6, 12, 18)  # DeepLab-v3 at output stride 16
+    crop_size: int = 513
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    ignore_index: int = IGNORE_INDEX
+    n_runs: int = 5  # the official code reports the mean of 5 runs
+    seed: int = 0  # run r uses seed + r
+    eval_batch_size: int = 16  # execution only
+    threads: int = 0  # torch threads; 0: all cores this process may use
+    metric: str = "miou"  # set from the target: "miou", or "rmse" for depth
+    multilabel: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value, valid in (
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("schedule", self.schedule, SCHEDULES),
+            ("head", self.head, HEADS),
+            ("metric", self.metric, ("miou", "rmse")),
+        ):
+            if value not in valid:
+                raise ValueError(f"unknown {name} '{value}'; valid: {', '.join(valid)}")
+        if self.epochs < 1 or self.batch_size < 2 or self.n_runs < 1 or self.crop_size < 16:
+            raise ValueError(
+                f"need epochs >= 1, batch_size >= 2 (BatchNorm), n_runs >= 1, crop_size >= 16; got epochs={self.epochs}, "
+                f"batch_size={self.batch_size}, n_runs={self.n_runs}, crop_size={self.crop_size}"
+            )
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ValueError(f"milestones are fractions of the run in (0, 1), got {self.milestones}")
+
+
+def lr_factor(protocol: Any, t: float) -> float:
+    """Multiplier of the base lr after a fraction t in [0, 1) of the steps."""
+    if protocol.schedule == "poly":
+        return (1.0 - t) ** protocol.poly_power
+    return protocol.gamma ** sum(t >= m for m in protocol.milestones)
+
+
+def make_optimizer(params: list, protocol: Any) -> torch.optim.Optimizer:
+    if protocol.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+    return torch.optim.Adam(params, lr=protocol.lr, weight_decay=protocol.weight_decay)
+
+
+# ----------------------------------------------------------------------------- the training loop (shared)
+
+
+class Preempted(Exception):
+    """Raised by a progress callback to stop a run between epochs (tests: a SLURM preemption)."""
+
+
+def finetune(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    n_items: int,
+    batch_size: int,
+    total_steps: int,
+    lr_at: Callable[[float], float],
+    checkpoint: Path,
+    seed: int,
+    progress: Callable[[dict], None],
+    stage: str,
+) -> list[float]:
+    """Trains for `total_steps` steps of `batch_size` items (the last partial batch of an epoch is dropped);
+    step_loss(indices, generator) -> scalar loss. Checkpoints {model, optimizer, step, losses, rng} at every epoch
+    end and resumes from `checkpoint` if present. Returns the mean loss of each epoch."""
+    per_epoch = n_items // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n_items} training items")
+    epochs = math.ceil(total_steps / per_epoch)
+    step, losses = 0, []
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, losses = state["step"], state["losses"]
+        torch.set_rng_state(state["rng"])
+    for epoch in range(len(losses), epochs):
+        model.train()
+        g = torch.Generator().manual_seed(seed * 100003 + epoch)  # data order and augmentation of this epoch
+        order = torch.randperm(n_items, generator=g)
+        total = []
+        for b in range(min(per_epoch, total_steps - step)):
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * lr_at(step / total_steps)
+            loss = step_loss(order[b * batch_size : (b + 1) * batch_size], g)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{stage}: loss is {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total.append(loss.item())
+            step += 1
+        losses.append(float(np.mean(total)))
+        _save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                           "losses": losses, "rng": torch.get_rng_state()})  # fmt: skip
+        progress({"stage": stage, "epoch": epoch + 1, "epochs": epochs, "loss": losses[-1]})
+    return losses
+
+
+def _save(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def with_initial_lr(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return optimizer
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def augment(
+    images: torch.Tensor, target: torch.Tensor, protocol: DenseProtocol, g: torch.Generator, fill: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: random scale in scale_range, horizontal flip, random crop_size crop (padded: image 0 after
+    normalisation, target `fill`). images float (N,3,H,W), target (N,H,W) -> (N,3,S,S), (N,S,S)."""
+    lo, hi = protocol.scale_range
+    S = protocol.crop_size
+    out_x, out_y = [], []
+    for x, y in zip(images, target):
+        q = torch.rand(4, generator=g).tolist()
+        h, w = x.shape[-2:]
+        size = (max(1, round(h * (lo + (hi - lo) * q[0]))), max(1, round(w * (lo + (hi - lo) * q[0]))))
+        x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+        y = F.interpolate(y[None, None].float(), size=size, mode="nearest")[0, 0].to(y.dtype)
+        if protocol.flip and q[1] < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        ph, pw = max(S - size[0], 0), max(S - size[1], 0)
+        x = F.pad(x, (0, pw, 0, ph), value=0.0)
+        y = F.pad(y, (0, pw, 0, ph), value=fill)
+        top = int(q[2] * (x.shape[-2] - S + 1))
+        left = int(q[3] * (x.shape[-1] - S + 1))
+        out_x.append(x[:, top : top + S, left : left + S])
+        out_y.append(y[top : top + S, left : left + S])
+    return torch.stack(out_x), torch.stack(out_y)
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def build_model(backbone_path: Path, outputs: int, protocol: DenseProtocol) -> DenseModel:
+    from pretrain.backbones import load_backbone
+
+    body = trunk(load_backbone(backbone_path))
+    if protocol.head == "fcn":
+        head = fcn_head(body.out_dim, outputs, protocol.head_channels, protocol.head_dilation)
+    else:
+        head = deeplabv3_head(body.out_dim, outputs, protocol.head_channels, tuple(protocol.aspp_rates))
+    return DenseModel(body, head)
+
+
+def _targets(data: Any, depth: bool) -> torch.Tensor:
+    """(N,H,W) int64 class ids (ignore 255), or float32 depth (0 invalid)."""
+    return torch.as_tensor(data.depth if depth else data.class_mask)
+
+
+def train_run(train: Any, protocol: DenseProtocol, depth: bool, run: int, ctx: Any) -> nn.Module:
+    """One finetuning run (seed + run) on the train split; resumes from ctx.workdir/run<r>.pt."""
+    seed = protocol.seed + run
+    torch.manual_seed(seed)  # the head's initialisation (and ASPP dropout)
+    model = build_model(ctx.backbone_path, 1 if depth else train.num_classes, protocol).to(ctx.device)
+    optimizer = with_initial_lr(make_optimizer(list(model.parameters()), protocol))
+    images, target = normalize(torch.as_tensor(train.images)), _targets(train, depth)
+    fill = 0.0 if depth else float(protocol.ignore_index)
+
+    def step_loss(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        x, y = augment(images[idx], target[idx], protocol, g, fill)
+        out = model(x.to(ctx.device))
+        y = y.to(ctx.device)
+        if depth:
+            valid = y > 0
+            return F.mse_loss(out[:, 0][valid], y[valid])
+        return F.cross_entropy(out, y, ignore_index=protocol.ignore_index)
+
+    model.losses = finetune(
+        model, optimizer, step_loss, len(images), protocol.batch_size,
+        protocol.epochs * (len(images) // protocol.batch_size), lambda t: lr_factor(protocol, t),
+        Path(ctx.workdir) / f"run{run}.pt", seed, ctx.progress, f"finetune run {run + 1}/{protocol.n_runs}",
+    )  # fmt: skip
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, val: Any, protocol: DenseProtocol, depth: bool, device: str) -> float:
+    """mIoU (percent) from the split's confusion matrix, or pixel-pooled RMSE, at the images' own size."""
+    model.eval()
+    images, target = torch.as_tensor(val.images), _targets(val, depth)
+    preds = []
+    for start in range(0, len(images), protocol.eval_batch_size):
+        out = model(normalize(images[start : start + protocol.eval_batch_size]).to(device)).float().cpu()
+        preds.append(out[:, 0] if depth else out.argmax(1))
+    pred = torch.cat(preds)
+    if depth:
+        return rmse(pred, target)
+    return miou(confusion_matrix(pred, target, val.num_classes, protocol.ignore_index))
+
+
+def run_dense(spec: dict, ctx: Any) -> dict:
+    """Segmentation or depth (by the target's metric): n_runs finetuning runs, scored on val; mean and std."""
+    from transfer.data import load_dense
+    from transfer.linear import torch_threads  # here: transfer.linear imports the task registry
+
+    protocol = DenseProtocol(**spec["protocol"])
+    depth = protocol.metric == "rmse"
+    splits = {s: load_dense(spec["data"], s, ctx.cache_dir / "biasworld", ctx.roots) for s in ("train", "val")}
+    runs, curves, start = [], [], time.perf_counter()
+    with torch_threads(protocol.threads):
+        for run in range(protocol.n_runs):
+            model = train_run(splits["train"], protocol, depth, run, ctx)
+            ctx.progress({"stage": f"evaluate run {run + 1}/{protocol.n_runs}"})
+            runs.append(evaluate(model, splits["val"], protocol, depth, ctx.device))
+            curves.append(model.losses)
+    return {
+        "value": float(np.mean(runs)),
+        "metric": protocol.metric,
+        "std": float(np.std(runs, ddof=1)) if len(runs) > 1 else 0.0,
+        "runs": runs,
+        "losses": curves,
+        "fit_s": time.perf_counter() - start,
+    }
+
+
+def _register() -> None:
+    from transfer.tasks import Task, register
+
+    # Cityscapes and NYUD (A.3): Adam 1e-4 with the poly schedule; NYUD with the DeepLab-v3 decoder
+    adam = {"optimizer": "adam", "lr": 1e-4, "schedule": "poly"}
+    nyud = {**adam, "epochs": 100, "batch_size": 8, "crop_size": 512, "head": "deeplabv3"}
+    register(
+        Task(
+            name="segmentation",
+            protocol=DenseProtocol,
+            run=run_dense,
+            targets=("voc12_seg", "cityscapes", "nyud_seg"),
+            per_target={
+                "voc12_seg": {},
+                "cityscapes": {**adam, "epochs": 150, "head_dilation": 1, "crop_size": 768},
+                "nyud_seg": nyud,
+            },
+            description="end-to-end finetuning, dilated ResNet + FCN / DeepLab-v3 head, mIoU on val (Table 3)",
+        )
+    )
+    register(
+        Task(
+            name="depth",
+            protocol=DenseProtocol,
+            run=run_dense,
+            targets=("nyud_depth",),
+            per_target={"nyud_depth": nyud},
+            description="NYUD depth: the NYUD segmentation model and schedule, MSE loss, RMSE on val (Table 3)",
+        )
+    )
+
+
+_register()
