@@ -5,8 +5,12 @@ RandomResizedCrop(224, (0.2, 1)) -> ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 -> Ran
 -> GaussianBlur(sigma in [0.1, 2]) p=0.5 -> HorizontalFlip -> Normalize(ImageNet).
 Here every step runs on an N x 3 x H x W tensor; each sample draws its own parameters from
 `generator`. Two paths: in-memory uint8 tensors (BatchAugment.__call__ crops and colours), and
-variable-size images (CropViews crops per image in DataLoader workers; BatchAugment.colour
-finishes the batch).
+variable-size images (CropViews crops per image in DataLoader workers; BatchAugment.finish
+completes the batch).
+
+The views of one image (paper Sec. 3.1, 4.1, 4.2) all come from `sample_view_boxes`: the anchor and
+positive boxes (optionally with IoU below aug.max_iou) and the multi-crop small boxes (optionally
+constrained to overlap the anchor). `crop_iou_samples` (Figure 1) draws from the same function.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torchvision.transforms.v2 as T
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
@@ -62,6 +67,113 @@ def sample_crop_boxes(
     return torch.cat([x0, y0, x0 + w, y0 + h], 1).float()
 
 
+def box_area(b: Tensor) -> Tensor:
+    return (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+
+
+def intersection(a: Tensor, b: Tensor) -> Tensor:
+    """Area of box a_i intersected with box b_i: ... x 4 each -> ..."""
+    lo, hi = torch.maximum(a[..., :2], b[..., :2]), torch.minimum(a[..., 2:], b[..., 2:])
+    return (hi - lo).clamp(min=0).prod(-1)
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of box a_i and box b_i (pairwise, not all-pairs)."""
+    inter = intersection(a, b)
+    return inter / (box_area(a) + box_area(b) - inter)
+
+
+def inside_fraction(small: Tensor, anchor: Tensor) -> Tensor:
+    """Fraction of box small_i's area that lies inside box anchor_i (constrained multi-crop)."""
+    return intersection(small, anchor) / box_area(small)
+
+
+def sample_view_boxes(
+    n: int, height: int | Tensor, width: int | Tensor, cfg: AugConfig, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The crops of n images: anchor boxes n x 4, positive boxes n x 4, small boxes
+    n x n_small x 4 (x0, y0, x1, y1 in pixels). With cfg.max_iou, IoU(anchor, positive) <
+    max_iou; with cfg.small_min_overlap, each small box has that fraction of its area inside its
+    anchor box. Per-image sizes: height/width may be n-vectors."""
+    H, W = (torch.as_tensor(v).expand(n) for v in (height, width))
+    pair = sample_crop_boxes(2 * n, H.repeat(2), W.repeat(2), cfg.crop_scale, cfg.crop_ratio, generator)
+    anchor, positive = pair[:n], pair[n:]
+    if cfg.max_iou is not None:
+        anchor, positive = _limit_iou(anchor, positive, H, W, cfg, generator)
+    m = cfg.n_small
+    Hs, Ws, anchors = H.repeat_interleave(m), W.repeat_interleave(m), anchor.repeat_interleave(m, 0)
+    small = sample_crop_boxes(n * m, Hs, Ws, cfg.small_scale, cfg.crop_ratio, generator)
+    if cfg.small_min_overlap is not None and m:
+        small = _constrain_small(small, anchors, Hs, Ws, cfg, generator)
+    return anchor, positive, small.view(n, m, 4)
+
+
+def _limit_iou(
+    anchor: Tensor, positive: Tensor, H: Tensor, W: Tensor, cfg: AugConfig, g: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Rejection sampling of (anchor, positive) pairs with IoU < cfg.max_iou: a rejected pair is
+    redrawn whole (an anchor covering the image admits no second crop below a low threshold),
+    IOU_BLOCK candidates at a time, the first accepted one kept. After cfg.iou_tries candidates a
+    pair keeps its lowest-IoU draw (the fallback)."""
+    iou = box_iou(anchor, positive)
+    for _ in range(math.ceil(cfg.iou_tries / IOU_BLOCK)):
+        redo = (iou >= cfg.max_iou).nonzero().squeeze(1)
+        if not len(redo):
+            break
+        m, b = len(redo), IOU_BLOCK
+        hh, ww = H[redo].repeat_interleave(b).repeat(2), W[redo].repeat_interleave(b).repeat(2)
+        pair = sample_crop_boxes(2 * m * b, hh, ww, cfg.crop_scale, cfg.crop_ratio, g)
+        a, p = pair[: m * b].view(m, b, 4), pair[m * b :].view(m, b, 4)
+        cand = box_iou(a, p)  # m x b
+        ok = cand < cfg.max_iou
+        # the first accepted candidate, else the lowest IoU (exact rejection sampling when found)
+        pick = torch.where(ok.any(1), ok.to(torch.uint8).argmax(1), cand.argmin(1))
+        rows = torch.arange(m)
+        best, new_a, new_p = cand[rows, pick], a[rows, pick], p[rows, pick]
+        better = best < iou[redo]
+        take = redo[better]
+        anchor[take], positive[take], iou[take] = new_a[better], new_p[better], best[better]
+    return anchor, positive
+
+
+IOU_BLOCK = 50  # candidates per rejected pair per round
+
+
+def _constrain_small(
+    small: Tensor, anchors: Tensor, H: Tensor, W: Tensor, cfg: AugConfig, g: torch.Generator
+) -> Tensor:
+    """Constrained multi-crop (paper appendix A.1): redraw a small box while less than
+    cfg.small_min_overlap of its area lies inside its anchor box. After cfg.small_tries redraws
+    the last draw is moved onto the anchor's centre (clamped into the image): for its size, the
+    placement with the most overlap (with the paper's scales, at least 80%)."""
+    for _ in range(cfg.small_tries):
+        redo = (inside_fraction(small, anchors) < cfg.small_min_overlap).nonzero().squeeze(1)
+        if not len(redo):
+            return small
+        small[redo] = sample_crop_boxes(
+            len(redo), H[redo], W[redo], cfg.small_scale, cfg.crop_ratio, g
+        )
+    redo = (inside_fraction(small, anchors) < cfg.small_min_overlap).nonzero().squeeze(1)
+    if len(redo):
+        size = small[redo, 2:] - small[redo, :2]  # w, h
+        centre = (anchors[redo, :2] + anchors[redo, 2:]) / 2
+        limit = torch.stack([W[redo], H[redo]], 1).to(size) - size
+        x0 = torch.minimum(torch.round(centre - size / 2).clamp(min=0), limit)
+        small[redo] = torch.cat([x0, x0 + size], 1)
+    return small
+
+
+def crop_iou_samples(
+    scale: tuple[float, float], n: int, seed: int, height: int = 256, width: int = 256
+) -> Tensor:
+    """Figure 1: IoU of n (anchor, positive) pairs drawn by the training crop sampler
+    (`sample_view_boxes`, default aug+ ratio) at crop `scale`: MoCo (0.2, 1), SimCLR (0.08, 1)."""
+    cfg = AugConfig(crop_scale=tuple(scale))
+    generator = torch.Generator().manual_seed(seed)
+    anchor, positive, _ = sample_view_boxes(n, height, width, cfg, generator)
+    return box_iou(anchor, positive)
+
+
 def _fallback_size(H: Tensor, W: Tensor, ratio: tuple[float, float]) -> tuple[Tensor, Tensor]:
     """torchvision's centre-crop fallback: the whole image clipped to the ratio bounds."""
     in_ratio = W / H
@@ -83,32 +195,37 @@ def crop_resize(images: Tensor, boxes: Tensor, size: int) -> Tensor:
 
 
 class CropViews(torch.utils.data.Dataset):
-    """Per-image path for variable-size images: item (i, seed) -> uint8 views x 3 x size x size.
+    """Per-image path for variable-size images: item (i, seed) -> uint8 views, (anchor, positive)
+    2 x 3 x size x size and the small crops n_small x 3 x s x s.
 
-    Runs in DataLoader workers; the boxes come from the same sampler as the batched path, seeded
-    per item so that results do not depend on the number of workers.
+    Runs in DataLoader workers; the boxes come from the same sampler as the batched path
+    (`sample_view_boxes`), seeded per item so that results do not depend on the number of workers.
     """
 
-    def __init__(self, images: torch.utils.data.Dataset, cfg: AugConfig, views: int = 2) -> None:
-        self.images, self.cfg, self.views = images, cfg, views
+    def __init__(self, images: torch.utils.data.Dataset, cfg: AugConfig) -> None:
+        self.images, self.cfg = images, cfg
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: tuple[int, int]) -> Tensor:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
         index, seed = key
         image = self.images[index]
         image = image[0] if isinstance(image, tuple) else image
         generator = torch.Generator().manual_seed(int(seed))
         h, w = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[-2:]
-        boxes = sample_crop_boxes(
-            self.views, h, w, self.cfg.crop_scale, self.cfg.crop_ratio, generator
-        )
+        anchor, positive, small = sample_view_boxes(1, h, w, self.cfg, generator)
+        large = self._crop(image, torch.cat([anchor, positive]), self.cfg.size)
+        return large, self._crop(image, small[0], self.cfg.small_side)
+
+    @staticmethod
+    def _crop(image: Image.Image | Tensor, boxes: Tensor, side: int) -> Tensor:
+        if not len(boxes):
+            return torch.zeros(0, 3, side, side, dtype=torch.uint8)
         if not isinstance(image, Image.Image):  # uint8 3 x H x W tensor
-            crops = crop_resize(image.expand(self.views, -1, -1, -1), boxes, self.cfg.size)
+            crops = crop_resize(image.expand(len(boxes), -1, -1, -1), boxes, side)
             return crops.round().clamp(0, 255).to(torch.uint8)
-        size = (self.cfg.size, self.cfg.size)
-        crops = [image.resize(size, Image.BILINEAR, box=tuple(b)) for b in boxes.tolist()]
+        crops = [image.resize((side, side), Image.BILINEAR, box=tuple(b)) for b in boxes.tolist()]
         return torch.stack([pil_to_tensor(c) for c in crops])
 
 
@@ -219,6 +336,7 @@ class BatchAugment:
         self.cfg = cfg
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """One view per image (default transforms)."""
         n, _, height, width = images.shape
         boxes = sample_crop_boxes(
             n, height, width, self.cfg.crop_scale, self.cfg.crop_ratio, generator
@@ -226,10 +344,57 @@ class BatchAugment:
         crops = crop_resize(images, boxes, self.cfg.size)  # N x 3 x S x S, input range
         return self.colour(crops / 255.0 if images.dtype == torch.uint8 else crops, generator)
 
-    def colour(self, crops: Tensor, generator: torch.Generator) -> Tensor:
-        """Everything after the crop, on fixed-size crops (uint8, or float in [0, 1])."""
-        cfg, device = self.cfg, crops.device
+    def views(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, list[Tensor]]:
+        """Training views of uint8 N x 3 x H x W images: the anchors N x 3 x S x S and the
+        positives [N x 3 x S x S, (n_small N) x 3 x s x s (multi-crop only; row c N + i: crop c
+        of image i)]."""
+        cfg, (n, _, height, width) = self.cfg, images.shape
+        anchor, positive, small = sample_view_boxes(n, height, width, cfg, generator)
+        large = crop_resize(torch.cat([images, images]), torch.cat([anchor, positive]), cfg.size)
+        smalls = None
+        if cfg.n_small:
+            boxes = small.transpose(0, 1).flatten(0, 1)  # crop-major: row c N + i
+            smalls = crop_resize(images.repeat(cfg.n_small, 1, 1, 1), boxes, cfg.small_side)
+            smalls = smalls / 255.0
+        return self.finish(large / 255.0, smalls, generator)
+
+    def finish(
+        self, large: Tensor, small: Tensor | None, generator: torch.Generator
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Colour the crops. large: 2N (anchors, then positives); small: (n_small N) or None.
+        uint8, or float in [0, 1]. A+: positives get AutoAugment with p = aug.autoaugment_p."""
+        n, p = len(large) // 2, self.cfg.autoaugment_p
+        auto = torch.cat([torch.zeros(n, dtype=torch.bool), _coin(n, p, generator)]) if p else None
+        anchors, positive = self.colour(large, generator, auto).chunk(2)
+        positives = [positive]
+        if small is not None and len(small):
+            auto = _coin(len(small), p, generator) if p else None
+            positives.append(self.colour(small, generator, auto))
+        return anchors, positives
+
+    def colour(
+        self, crops: Tensor, generator: torch.Generator, autoaugment: Tensor | None = None
+    ) -> Tensor:
+        """Everything after the crop, on fixed-size crops (uint8, or float in [0, 1]).
+        autoaugment: M bool, rows that get AutoAugment instead of jitter, grayscale and blur."""
         x = crops.float() / 255.0 if crops.dtype == torch.uint8 else crops.float().clone()
+        if autoaugment is not None and autoaugment.any():
+            rows = autoaugment.nonzero().squeeze(1).to(x.device)
+            rest = (~autoaugment).nonzero().squeeze(1).to(x.device)
+            x[rest] = self._default(x[rest], generator)
+            x[rows] = auto_augment(x[rows], generator)
+        else:
+            x = self._default(x, generator)
+        device = x.device
+        flip = _coin(len(x), self.cfg.flip_p, generator).to(device).view(-1, 1, 1, 1)
+        x = torch.where(flip, x.flip(-1), x)
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def _default(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """ColorJitter p, grayscale p, Gaussian blur p (float [0, 1], M x 3 x s x s)."""
+        cfg, device = self.cfg, x.device
         x = color_jitter(x, cfg.jitter, cfg.jitter_p, generator)
         gray = _coin(len(x), cfg.grayscale_p, generator).to(device).view(-1, 1, 1, 1)
         x = torch.where(gray, grayscale(x).expand_as(x), x)
@@ -240,10 +405,22 @@ class BatchAugment:
         if len(blur):
             blur = blur.to(device)
             x[blur] = gaussian_blur(
-                x[blur], sigma.to(device), blur_radius(cfg.size, cfg.blur_sigma[1])
+                x[blur], sigma.to(device), blur_radius(x.shape[-1], cfg.blur_sigma[1])
             )
-        flip = _coin(len(x), cfg.flip_p, generator).to(device).view(-1, 1, 1, 1)
-        x = torch.where(flip, x.flip(-1), x)
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return x
+
+
+AUTOAUGMENT = T.AutoAugment(T.AutoAugmentPolicy.IMAGENET)
+
+
+def auto_augment(x: Tensor, generator: torch.Generator) -> Tensor:
+    """torchvision's AutoAugment (ImageNet policy) per image, each with its own sub-policy, on
+    uint8 (float [0, 1] in and out: M x 3 x s x s). torchvision draws from the global RNG: it runs
+    under a fork of it, seeded from `generator`, so runs stay reproducible and the global stream
+    (split-BN shuffles) is untouched."""
+    seed = int(torch.randint(2**62, (), generator=generator))
+    images = (x * 255.0).round().clamp(0, 255).to(torch.uint8).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = torch.stack([AUTOAUGMENT(image) for image in images])
+    return out.to(x.device, torch.float32) / 255.0

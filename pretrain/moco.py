@@ -1,10 +1,16 @@
 """MoCo-v2 (He et al. 2020, Algorithm 1; Chen et al. 2020 MLP head): one module, forward = loss.
 
 Paper notation (Van Gansbeke et al. 2021): the momentum encoder f' = h' o g' encodes the anchor x;
-the query encoder f = h o g encodes the positives X+; the queue Q holds encoded anchors (negatives).
-Shuffling BN on one process = split BN (MoCo CIFAR demo): BN statistics over sub-batches, and the
-anchors are shuffled before f' and unshuffled after, so a positive and its anchor never share BN
-statistics.
+the query encoder f = h o g encodes the positives X+ (the large positive and, multi-crop, the small
+crops: positives only, never through f', never enqueued); the queue Q_h holds encoded anchors.
+kNN-MoCo (Sec. 4.3, Algorithm 2) adds a second queue Q_g of f's backbone features g'(x), aligned
+with Q_h, to mine each positive's k nearest neighbours (cosine on backbone features, before h).
+
+Shuffling BN. Several processes (DistributedDataParallel): the anchors of all processes are
+gathered, shuffled with one permutation, each process encodes its share, and the keys are gathered
+and unshuffled (official MoCo `_batch_shuffle_ddp`). Convention: rank r holds rows r::W of the
+global batch, and gathers interleave (row j*W + r = rank r's row j), so W processes compute exactly
+what one process computes with split BN over W interleaved sub-batches (MoCo CIFAR demo).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import copy
 from functools import partial
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -54,11 +61,19 @@ class SplitBatchNorm(nn.BatchNorm2d):
         return y.view(n, c, h, w)
 
 
-def projection_head(width: int, dim: int, mlp: bool) -> nn.Module:
-    """h: D -> C. MoCo-v2: Linear(D, D) - ReLU - Linear(D, C), no batchnorm (paper A.1)."""
-    if not mlp:
-        return nn.Linear(width, dim)
-    return nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim))
+def projection_head(width: int, cfg: MoCoConfig) -> tuple[nn.Module, int]:
+    """h: D -> C and C. "mlp" (MoCo-v2): Linear(D, W) - ReLU - ... - Linear(W, C), no batchnorm
+    (paper A.1); "fixed_random" is the same MLP (frozen by MoCo); "linear": Linear(D, C);
+    "none": identity, C = D."""
+    if cfg.head == "none":
+        return nn.Identity(), width
+    if cfg.head == "linear":
+        return nn.Linear(width, cfg.dim), cfg.dim
+    hidden = cfg.head_width or width
+    layers: list[nn.Module] = []
+    for i in range(cfg.head_depth - 1):
+        layers += [nn.Linear(width if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.Linear(hidden, cfg.dim)), cfg.dim
 
 
 def _full(x: Tensor) -> Tensor:
@@ -66,60 +81,122 @@ def _full(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, or (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def gather_interleaved(x: Tensor) -> Tensor:
+    """All processes' n x ... -> (n W) x ..., row j*W + r = rank r's row j (no gradient)."""
+    rank, size = world()
+    if size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.stack(parts, 1).flatten(0, 1)
+
+
 class MoCo(nn.Module):
     def __init__(self, cfg: MoCoConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        norm = partial(SplitBatchNorm, num_splits=cfg.split_bn) if cfg.split_bn > 1 else None
+        self.world_size = world()[1]  # > 1: shuffling BN across processes replaces split BN
+        split = cfg.split_bn > 1 and self.world_size == 1
+        norm = partial(SplitBatchNorm, num_splits=cfg.split_bn) if split else None
         self.backbone = build_backbone(cfg.arch, norm)  # g
-        self.head = projection_head(self.backbone.out_dim, cfg.dim, cfg.mlp)  # h
+        self.head, dim = projection_head(self.backbone.out_dim, cfg)  # h
+        if cfg.head == "fixed_random":
+            self.head.requires_grad_(False)  # Appalaraju et al. Table 1b: random init, frozen
         self.momentum_backbone = copy.deepcopy(self.backbone)  # g', initialised as g
         self.momentum_head = copy.deepcopy(self.head)  # h'
-        for p in self.momentum_parameters():
-            p.requires_grad = False  # f' is updated by momentum only, never by SGD
-        queue = F.normalize(torch.randn(cfg.queue_size, cfg.dim), dim=1)
-        self.register_buffer("queue", queue)  # Q: K x C, L2-normalised encoded anchors
+        for module in (self.momentum_backbone, self.momentum_head):
+            module.requires_grad_(False)  # f' is updated by momentum only, never by SGD
+        queue = F.normalize(torch.randn(cfg.queue_size, dim), dim=1)
+        self.register_buffer("queue", queue)  # Q_h: K x C, L2-normalised encoded anchors
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        if cfg.knn_lambda > 0:  # Q_g: K x D, L2-normalised g'(x), row i aligned with Q_h row i
+            queue_g = F.normalize(torch.randn(cfg.queue_size, self.backbone.out_dim), dim=1)
+            self.register_buffer("queue_g", queue_g)
 
     def query_parameters(self) -> list[nn.Parameter]:
-        """theta_f: the parameters SGD updates."""
-        return [*self.backbone.parameters(), *self.head.parameters()]
+        """theta_f: the parameters SGD updates (a fixed random head is not among them)."""
+        head = [] if self.cfg.head == "fixed_random" else [*self.head.parameters()]
+        return [*self.backbone.parameters(), *head]
 
     def momentum_parameters(self) -> list[nn.Parameter]:
-        """theta_f'."""
-        return [*self.momentum_backbone.parameters(), *self.momentum_head.parameters()]
+        """theta_f', aligned with query_parameters()."""
+        head = [] if self.cfg.head == "fixed_random" else [*self.momentum_head.parameters()]
+        return [*self.momentum_backbone.parameters(), *head]
 
-    def forward(self, anchor: Tensor, positives: Tensor | list[Tensor]) -> Tensor:
-        """anchor x: N x 3 x H x W; positives X+: one N x 3 x H' x W' tensor, or a list of them
-        (multi-crop: any sizes). Returns the InfoNCE loss, averaged over the positives."""
+    def forward(self, anchor: Tensor, positives: Tensor | list[Tensor], knn: bool = True) -> Tensor:
+        """anchor x: N x 3 x H x W; positives X+: a (L N) x 3 x H' x W' tensor or a list of them
+        (multi-crop: any sizes), row i of each tensor a view of anchor i mod N. Returns the loss
+        averaged over all positives: InfoNCE, plus knn_lambda * Eq. (2) when `knn` (warm-up over)
+        and knn_lambda > 0."""
         positives = [positives] if isinstance(positives, Tensor) else list(positives)
+        n, cfg = len(anchor), self.cfg
         with torch.no_grad():
             self._momentum_update()
-            k = self._encode_anchor(anchor)  # N x C
-        # Extension point (kNN-MoCo): also return g'(x) and keep a second queue Q_g aligned with Q.
-        losses = [self.contrastive_loss(self._encode(x), k) for x in positives]
-        self._enqueue(k)  # only anchors enter Q; after the loss, as in Algorithm 1
-        return torch.stack(losses).mean()
+            k, k_g, keys, keys_g = self._encode_anchor(anchor)  # N x C, N x D; all processes'
+        if cfg.knn_lambda > 0 and cfg.knn_enqueue_first:
+            self._enqueue(keys, keys_g)  # appendix B: the memory bank first, then the loss
+        assert all(len(x) % n == 0 for x in positives), "positives: rows must be a multiple of N"
+        features = torch.cat([_full(self.backbone(x)) for x in positives])  # g(X+): (L N) x D
+        q = F.normalize(_full(self.head(features)), dim=1)  # f(X+): (L N) x C
+        k = k.repeat(len(q) // n, 1)  # the anchor key of every positive row: (L N) x C
+        use_knn = knn and cfg.knn_lambda > 0
+        loss = self.contrastive_loss(q, k, features if use_knn else None)
+        if not (cfg.knn_lambda > 0 and cfg.knn_enqueue_first):
+            self._enqueue(keys, keys_g)  # only anchors enter Q; after the loss, as in Algorithm 1
+        return loss
 
     def _encode(self, x: Tensor) -> Tensor:
         """q = f(x+) = h(g(x+)), L2-normalised, at least fp32: N x C."""
         return F.normalize(_full(self.head(self.backbone(x))), dim=1)
 
-    def _encode_anchor(self, x: Tensor) -> Tensor:
-        """k = f'(x), L2-normalised: N x C; shuffled before f', unshuffled after (shuffling BN)."""
-        shuffle = torch.randperm(len(x)).to(x.device) if self.cfg.split_bn > 1 else None
-        x = x if shuffle is None else x[shuffle]
-        k = F.normalize(_full(self.momentum_head(self.momentum_backbone(x))), dim=1)
-        return k if shuffle is None else k[torch.argsort(shuffle)]  # k[i] encodes anchor i
+    def _encode_anchor(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """k = f'(x) (N x C) and g'(x) (N x D), both L2-normalised; then the same for the global
+        batch (the keys to enqueue). Shuffled before f' and unshuffled after (shuffling BN)."""
+        rank, size = world()
+        shuffle = size > 1 or self.cfg.split_bn > 1
+        x_all = gather_interleaved(x)  # global batch
+        perm = torch.randperm(len(x_all)).to(x.device) if shuffle else None
+        if size > 1:
+            dist.broadcast(perm, 0)  # one permutation for all processes
+        mine = x_all if perm is None else x_all[perm][rank::size]
+        g = _full(self.momentum_backbone(mine))
+        k = F.normalize(_full(self.momentum_head(g)), dim=1)
+        g = F.normalize(g, dim=1)
+        both = gather_interleaved(torch.cat([k, g], 1))  # rows of x_all[perm]
+        if perm is not None:
+            both = both[torch.argsort(perm)]  # row i encodes anchor i of the global batch
+        keys, keys_g = both.split([k.shape[1], g.shape[1]], 1)
+        return keys[rank::size], keys_g[rank::size], keys, keys_g
 
-    def contrastive_loss(self, q: Tensor, k: Tensor) -> Tensor:
-        """Eq. (1) of MoCo: cross-entropy of [l_pos, l_neg] / tau with the positive at index 0."""
+    def contrastive_loss(self, q: Tensor, k: Tensor, features: Tensor | None = None) -> Tensor:
+        """Eq. (1) of MoCo: cross-entropy of [l_pos, l_neg] / tau with the positive at index 0;
+        with `features` g(x+), plus knn_lambda * the neighbour loss (Eq. 2 of the paper)."""
         with torch.autocast(q.device.type, enabled=False):
             l_pos = (q * k).sum(1, keepdim=True)  # l_pos: N x 1
             l_neg = q @ self.queue.clone().T  # l_neg: N x K
             logits = torch.cat([l_pos, l_neg], 1) / self.cfg.tau  # N x (1 + K)
             labels = torch.zeros(len(q), dtype=torch.long, device=q.device)
-            return F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, labels)
+            if features is None:
+                return loss
+            return loss + self.cfg.knn_lambda * self.neighbour_loss(l_neg, features)
+
+    def neighbour_loss(self, l_neg: Tensor, features: Tensor) -> Tensor:
+        """Eq. (2): multi-label cross-entropy of l_neg / tau against the indices of the top k of
+        cos(g(x+), Q_g), backbone features before the head; averaged over positives and k."""
+        with torch.no_grad():
+            sim = F.normalize(_full(features), dim=1) @ self.queue_g.clone().T.to(features)
+            neighbours = sim.topk(self.cfg.knn_k, dim=1).indices  # N x k
+        log_p = F.log_softmax(l_neg / self.cfg.tau, dim=1)  # over the K queue entries
+        return -log_p.gather(1, neighbours).mean()
 
     @torch.no_grad()
     def _momentum_update(self) -> None:
@@ -129,10 +206,13 @@ class MoCo(nn.Module):
         )
 
     @torch.no_grad()
-    def _enqueue(self, k: Tensor) -> None:
-        """Replace the oldest N keys of Q by k (a ring buffer): Q[ptr : ptr + N] = k."""
+    def _enqueue(self, k: Tensor, k_g: Tensor | None = None) -> None:
+        """Replace the oldest N keys of Q by k (a ring buffer): Q[ptr : ptr + N] = k; the same rows
+        of Q_g take k_g (kNN-MoCo). N is the global batch."""
         n, size = len(k), self.cfg.queue_size
         assert size % n == 0, f"queue size K={size} must be a multiple of the batch size N={n}"
         ptr = int(self.queue_ptr)
         self.queue[ptr : ptr + n] = k.to(self.queue.dtype)
+        if hasattr(self, "queue_g") and k_g is not None:
+            self.queue_g[ptr : ptr + n] = k_g.to(self.queue_g.dtype)
         self.queue_ptr.fill_((ptr + n) % size)

@@ -1,8 +1,13 @@
-"""MoCo-v2 pretraining: feed (anchor, positive) batches to MoCo, step SGD, checkpoint every epoch.
+"""MoCo-v2 pretraining: feed (anchor, positives) batches to MoCo, step SGD, checkpoint every epoch.
 
 Learning rate: cosine decay adjusted once per epoch, lr_e = lr * 0.5 * (1 + cos(pi e / E)), as the
 official main_moco.py (--cos) does. Batches drop the last incomplete one. Resumes from
-workdir/checkpoint.pt.
+workdir/checkpoint.pt. kNN-MoCo's loss_nn switches on at epoch moco.knn_warmup (0-based).
+
+Several processes: DistributedDataParallel over the process group that `init_distributed` starts
+from the environment (torchrun's RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR, or submitit's SLURM task
+environment). batch_size is the global batch: rank r takes rows r::W of each one (the convention of
+pretrain/moco.py's shuffling BN). Rank 0 writes checkpoints and backbones.
 """
 
 from __future__ import annotations
@@ -15,16 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from pretrain.augment import BatchAugment, CropViews
 from pretrain.backbones import save_backbone
 from pretrain.config import PretrainConfig
-from pretrain.moco import MoCo
+from pretrain.moco import MoCo, world
 
 Progress = Callable[[dict], None]
-Batches = Iterator[tuple[Tensor, Tensor]]
-EXECUTION_KEYS = ("epochs", "device", "threads", "num_workers")  # may change between resumes
+Batches = Iterator[tuple[Tensor, list[Tensor]]]
+EXECUTION_KEYS = ("epochs", "device", "threads", "num_workers", "save_backbone_epochs")  # may change between resumes
 PROGRESS_EVERY = 10  # steps
 
 
@@ -36,44 +42,88 @@ def pretrain(
 ) -> dict[str, Any]:
     """Pretrain MoCo-v2 on `data` (uint8 N x 3 x H x W tensor, or a Dataset of PIL images)."""
     called = time.perf_counter()
-    _check(cfg, data)
+    rank, size = init_distributed()
+    _check(cfg, data, size)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
     model, optimizer = _build(cfg, device)
-    generator = torch.Generator().manual_seed(cfg.seed)  # all augmentation and data order
+    generator = torch.Generator().manual_seed(cfg.seed)  # data order (shared by all ranks)
+    # augmentation: the same generator on one process (as before), one per rank otherwise
+    augment_gen = generator if size == 1 else torch.Generator().manual_seed(cfg.seed + 7919 * rank)
     state: dict[str, Any] = {"epoch": 0, "loss_history": []}
     checkpoint = workdir / "checkpoint.pt"
     if checkpoint.exists():
-        state = _resume(checkpoint, cfg, model, optimizer, generator)
+        state = _resume(checkpoint, cfg, model, optimizer, generator, augment_gen)
     steps = len(data) // cfg.batch_size
     seen, busy = 0, 0.0
     for epoch in range(state["epoch"], cfg.epochs):
         _set_lr(optimizer, cfg, epoch)
         start = time.perf_counter()
-        batches = _batches(cfg, data, generator, device)
-        loss = _train_epoch(model, optimizer, batches, cfg, epoch, steps, progress)
+        batches = _batches(cfg, data, generator, augment_gen, device)
+        knn = epoch >= cfg.moco.knn_warmup
+        loss = _train_epoch(model, optimizer, batches, cfg, epoch, steps, knn, progress)
         busy, seen = busy + time.perf_counter() - start, seen + steps * cfg.batch_size
         state = {"epoch": epoch + 1, "loss_history": [*state["loss_history"], loss]}
-        _save_checkpoint(checkpoint, cfg, model, optimizer, generator, state)
-    backbone = save_backbone(model.backbone, cfg.moco.arch, workdir / "backbone.pt")
+        _save_checkpoint(checkpoint, cfg, _inner(model), optimizer, generator, augment_gen, state)
+        if epoch + 1 in cfg.save_backbone_epochs and rank == 0:
+            path = workdir / f"backbone_ep{epoch + 1}.pt"
+            save_backbone(_inner(model).backbone, cfg.moco.arch, path)
+    backbone = workdir / "backbone.pt"
+    if rank == 0:
+        save_backbone(_inner(model).backbone, cfg.moco.arch, backbone)
     return {
         "epochs": cfg.epochs,
         "loss_history": state["loss_history"],
+        "loss_curve": state["loss_history"],  # per-epoch mean loss (fig 2, fig 5)
         "images_per_s": seen / busy if busy else None,  # (anchor, positive) pairs/s while training
         "wall_s": time.perf_counter() - called,  # this call, resumed epochs only
         "backbone": str(backbone),
+        "backbones": {
+            e: str(workdir / f"backbone_ep{e}.pt") for e in sorted(cfg.save_backbone_epochs)
+        },
     }
 
 
-def _build(cfg: PretrainConfig, device: torch.device) -> tuple[MoCo, torch.optim.Optimizer]:
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size). Starts the process group from the environment when it names more than
+    one process: RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (torchrun), or, with SLURM_NTASKS > 1 and
+    no RANK, submitit's TorchDistributedEnvironment (which exports them). Backend: nccl on CUDA,
+    gloo otherwise. One process: nothing starts, (0, 1)."""
+    if world()[1] > 1 or not dist.is_available():
+        return world()
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return world()
+
+
+def _inner(model: torch.nn.Module) -> MoCo:
+    """The MoCo module inside DistributedDataParallel (or the model itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _build(
+    cfg: PretrainConfig, device: torch.device
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """MoCo initialised from cfg.seed; SGD over theta_f only (f' moves by momentum)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = MoCo(cfg.moco).to(device)
+    params = model.query_parameters()
+    if world()[1] > 1:  # the queue is identical on every rank: no buffer broadcast
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, broadcast_buffers=False
+        )
     optimizer = torch.optim.SGD(
-        model.query_parameters(),
+        params,
         lr=cfg.lr,
         momentum=cfg.sgd_momentum,
         weight_decay=cfg.weight_decay,
@@ -82,23 +132,24 @@ def _build(cfg: PretrainConfig, device: torch.device) -> tuple[MoCo, torch.optim
 
 
 def _train_epoch(
-    model: MoCo,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Batches,
     cfg: PretrainConfig,
     epoch: int,
     steps: int,
+    knn: bool,
     progress: Progress | None,
 ) -> float:
-    """One pass; returns the mean loss. epoch/step are reported 1-based."""
+    """One pass; returns the mean loss (over all processes). epoch/step are reported 1-based."""
     autocast = torch.autocast(
         _device(cfg.device).type, torch.bfloat16, enabled=cfg.precision == "bf16"
     )
     total, start = 0.0, time.perf_counter()
-    for step, (anchor, positive) in enumerate(batches):
+    for step, (anchor, positives) in enumerate(batches):
         with autocast:
-            loss = model(anchor, positive)
-        value = loss.item()
+            loss = model(anchor, positives, knn=knn)
+        value = _mean_over_processes(loss)
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"loss is {value} at epoch {epoch + 1}/{cfg.epochs}, step {step + 1}/{steps}"
@@ -122,32 +173,46 @@ def _train_epoch(
     return total / steps
 
 
+def _mean_over_processes(loss: Tensor) -> float:
+    value = loss.detach().float()
+    if world()[1] > 1:
+        dist.all_reduce(value)
+        value /= world()[1]
+    return value.item()
+
+
 def _batches(
     cfg: PretrainConfig,
     data: Tensor | torch.utils.data.Dataset,
     generator: torch.Generator,
+    augment_gen: torch.Generator,
     device: torch.device,
 ) -> Batches:
-    """(anchor x, positive x+) pairs of augmented views, N x 3 x S x S each, in a random order."""
+    """(anchor x: N x 3 x S x S, positives X+: [N x 3 x S x S] + multi-crop [(n_small N) x 3 x s x
+    s]) of augmented views, in a random order. N is this process's share of the batch."""
     augment, n = BatchAugment(cfg.aug), cfg.batch_size
+    rank, size = world()
     order = torch.randperm(len(data), generator=generator)
     if isinstance(data, Tensor):  # in memory: crop and colour whole batches
         for s in range(len(data) // n):
-            x = data[order[s * n : (s + 1) * n]].to(device, non_blocking=True)
-            yield augment(torch.cat([x, x]), generator).chunk(2)
+            mine = order[s * n : (s + 1) * n][rank::size]
+            yield augment.views(data[mine].to(device, non_blocking=True), augment_gen)
         return
     seeds = torch.randint(2**62, (len(data),), generator=generator)  # per-image crop seeds
+    items = list(zip(order.tolist(), seeds.tolist()))
+    items = [item for s in range(len(data) // n) for item in items[s * n : (s + 1) * n][rank::size]]
     loader = torch.utils.data.DataLoader(
         CropViews(data, cfg.aug),
-        batch_size=n,
-        sampler=list(zip(order.tolist(), seeds.tolist())),
+        batch_size=n // size,
+        sampler=items,
         drop_last=True,
         num_workers=cfg.num_workers,
     )
-    for views in loader:  # N x 2 x 3 x S x S uint8, cropped per image
-        # 2N x 3 x S x S: anchors, then positives
-        views = views.to(device).transpose(0, 1).flatten(0, 1)
-        yield augment.colour(views, generator).chunk(2)
+    for large, small in loader:  # N x 2 x 3 x S x S and N x n_small x 3 x s x s uint8
+        # 2N x 3 x S x S: anchors, then positives; small crop-major: row c N + i
+        large = large.to(device).transpose(0, 1).flatten(0, 1)
+        small = small.to(device).transpose(0, 1).flatten(0, 1) if cfg.aug.n_small else None
+        yield augment.finish(large, small, augment_gen)
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, epoch: int) -> None:
@@ -164,9 +229,18 @@ def _save_checkpoint(
     model: MoCo,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
+    augment_gen: torch.Generator,
     state: dict[str, Any],
 ) -> None:
-    """Atomic: write a temporary file, then os.replace. Holds everything a resume needs."""
+    """Atomic: write a temporary file, then os.replace. Holds everything a resume needs.
+    Several processes: rank 0 writes, with every rank's augmentation generator."""
+    rank, size = world()
+    augment_states = [augment_gen.get_state()]
+    if size > 1:
+        augment_states = [None] * size
+        dist.all_gather_object(augment_states, augment_gen.get_state())
+        if rank != 0:
+            return
     blob = {
         **state,  # epoch (completed), loss_history
         "config": cfg.to_dict(),
@@ -174,7 +248,8 @@ def _save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),  # split-BN shuffles
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "generator": generator.get_state(),  # augmentation and data order
+        "generator": generator.get_state(),  # data order (and augmentation, one process)
+        "augment_generators": augment_states,  # per rank
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
@@ -184,11 +259,16 @@ def _save_checkpoint(
 def _resume(
     path: Path,
     cfg: PretrainConfig,
-    model: MoCo,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
+    augment_gen: torch.Generator,
 ) -> dict[str, Any]:
     blob = torch.load(path, map_location="cpu", weights_only=True)
+    rank, size = world()
+    augment_states = blob.get("augment_generators", [None])
+    if len(augment_states) != size:
+        raise ValueError(f"{path} was written by {len(augment_states)} processes, not {size}")
     saved, now = blob["config"], cfg.to_dict()
     changed = sorted(
         k for k in set(saved) | set(now) if k not in EXECUTION_KEYS and saved.get(k) != now.get(k)
@@ -197,12 +277,14 @@ def _resume(
         raise ValueError(
             f"{path} was written with a different config ({', '.join(changed)}); use a new workdir"
         )
-    model.load_state_dict(blob["model"])
+    _inner(model).load_state_dict(blob["model"])
     optimizer.load_state_dict(blob["optimizer"])
     torch.set_rng_state(blob["torch_rng"])
     if blob["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(blob["cuda_rng"])
     generator.set_state(blob["generator"])
+    if size > 1:
+        augment_gen.set_state(augment_states[rank])
     return {"epoch": blob["epoch"], "loss_history": list(blob["loss_history"])}
 
 
@@ -212,7 +294,7 @@ def _device(name: str) -> torch.device:
     )
 
 
-def _check(cfg: PretrainConfig, data: Tensor | torch.utils.data.Dataset) -> None:
+def _check(cfg: PretrainConfig, data: Tensor | torch.utils.data.Dataset, processes: int) -> None:
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision '{cfg.precision}': valid are fp32, bf16")
     if cfg.schedule not in ("cosine", "constant"):
@@ -221,15 +303,8 @@ def _check(cfg: PretrainConfig, data: Tensor | torch.utils.data.Dataset) -> None
         raise ValueError(
             f"{len(data)} images is less than one batch of {cfg.batch_size} (batches drop the last)"
         )
-    if cfg.moco.queue_size % cfg.batch_size:
-        raise ValueError(
-            f"queue size K={cfg.moco.queue_size} must be a multiple of the batch size "
-            f"N={cfg.batch_size}"
-        )
-    if cfg.moco.split_bn > 1 and cfg.batch_size % cfg.moco.split_bn:
-        raise ValueError(
-            f"batch size {cfg.batch_size} must be a multiple of split_bn={cfg.moco.split_bn}"
-        )
+    if cfg.batch_size % processes:
+        raise ValueError(f"batch_size={cfg.batch_size}: must be a multiple of {processes} processes")
     if isinstance(data, Tensor) and (
         data.dtype != torch.uint8 or data.dim() != 4 or data.shape[1] != 3
     ):

@@ -129,10 +129,12 @@ def test_crop_views_per_image_path_is_seeded_and_fixed_size() -> None:
         for h, w in [(40, 60), (90, 30)]
     ]
     views = CropViews(pil, AugConfig(size=16))
-    a, b, again = views[(0, 5)], views[(1, 6)], views[(0, 5)]
+    # item: (anchor, positive) and the multi-crop small crops (none by default)
+    a, b, again = views[(0, 5)][0], views[(1, 6)][0], views[(0, 5)][0]
+    assert views[(0, 5)][1].shape == (0, 3, 10, 10)
     assert a.shape == b.shape == (2, 3, 16, 16) and a.dtype == torch.uint8
     assert torch.equal(a, again) and not torch.equal(a[0], a[1])
-    tensor_views = CropViews([TF.pil_to_tensor(p) for p in pil], AugConfig(size=16))[(0, 5)]
+    tensor_views = CropViews([TF.pil_to_tensor(p) for p in pil], AugConfig(size=16))[(0, 5)][0]
     assert (
         tensor_views.float() - a.float()
     ).abs().mean() < 12  # same boxes, PIL vs roi_align resampling

@@ -136,7 +136,7 @@ def test_anchors_are_shuffled_before_the_momentum_encoder_and_unshuffled_after()
     model = small_moco(split_bn=2)
     x = torch.randn(N, 3, 32, 32)
     torch.manual_seed(7)
-    k = model._encode_anchor(x)
+    k = model._encode_anchor(x)[0]
     torch.manual_seed(7)
     perm = torch.randperm(N)
     f_k = nn.Sequential(model.momentum_backbone, model.momentum_head)
@@ -156,7 +156,7 @@ def test_multiple_positives_average_the_loss() -> None:
     )
     twin = copy.deepcopy(model)
     loss = model(anchor, [big, small])
-    k = twin._encode_anchor(anchor)  # first step: the momentum update leaves f' = f
+    k = twin._encode_anchor(anchor)[0]  # first step: the momentum update leaves f' = f
     expected = (
         twin.contrastive_loss(twin._encode(big), k) + twin.contrastive_loss(twin._encode(small), k)
     ) / 2
