@@ -14,6 +14,7 @@ from harness.planner import Plan
 from harness.store import BLOCKED, DONE, FAILED, PENDING, Store
 
 MISSING = "missing"
+NOT_EVALUATED = "n/a"  # the table does not evaluate this row on this column (row_columns)
 
 
 @dataclass
@@ -42,6 +43,10 @@ def collate(plan: Plan, store: Store) -> Collated:
     else:
         measured = pd.DataFrame(np.nan, index=rows, columns=columns)
         status = pd.DataFrame(MISSING, index=rows, columns=columns)
+        for row in rows:
+            for column in columns:
+                if not table.evaluated(row, column):
+                    status.loc[row, column] = NOT_EVALUATED
         for (row, column), key in plan.cells.items():
             job = plan.jobs[key]
             result = store.result(job)

@@ -73,6 +73,8 @@ def plan(table: TableSpec, profile: Profile, overrides: dict[str, Any] | None = 
         pre_key = result.add(make_job("pretrain", f"pretrain {row}", spec))
         result.rows[row] = pre_key
         for column in table.columns:
+            if not table.evaluated(row, column):
+                continue
             tspec = transfer_spec(table, column, profile, transfer_over)
             name = f"{tspec['task']} {column} <- {row}"
             result.cells[(row, column)] = result.add(make_job("transfer", name, tspec, (pre_key,)))

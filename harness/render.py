@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.collate import MISSING, Collated
+from harness.collate import MISSING, NOT_EVALUATED, Collated
 from harness.store import DONE
 
 FORMATS = ("md", "tex", "csv")
-MARKS = {MISSING: "—", "failed": "failed", "running": "running", "blocked": "blocked"}
+MARKS = {MISSING: "—", NOT_EVALUATED: "-", "failed": "failed", "running": "running", "blocked": "blocked"}
 
 
 def cell(value, delta, decimals: int, status: str = DONE, is_baseline: bool = False) -> str:
@@ -41,7 +41,9 @@ def grid(c: Collated, which: str) -> pd.DataFrame:
     for row in frame.index:
         for column in frame.columns:
             d = None if delta is None else delta.loc[row, column]
-            status = c.status.loc[row, column] if which == "measured" else DONE
+            status = c.status.loc[row, column]
+            if which == "paper" and status != NOT_EVALUATED:
+                status = DONE
             out.loc[row, column] = cell(
                 frame.loc[row, column], d, c.decimals[column], status, row == baseline
             )

@@ -46,6 +46,11 @@ class TableSpec:
     paper: dict[str, list] = field(default_factory=dict)
     higher_is_better: bool | list[bool] = True
     path: Path | None = None
+    # row -> the only columns it is evaluated on (paper Table 3: BDD100K on Cityscapes only); others are "n/a"
+    row_columns: dict[str, list[str]] = field(default_factory=dict)
+
+    def evaluated(self, row: str, column: str) -> bool:
+        return row not in self.row_columns or column in self.row_columns[row]
 
     def paper_value(self, row: str, column: str) -> Any:
         values = self.paper.get(row)
@@ -77,7 +82,7 @@ def load_table(name: str) -> TableSpec:
     raw = _load_yaml(path)
     allowed = {
         "name", "title", "source", "kind", "rows", "columns", "pretrain", "transfer",
-        "baseline", "paper", "higher_is_better",
+        "baseline", "paper", "higher_is_better", "row_columns",
     }  # fmt: skip
     _check_keys(raw, allowed, f"table spec {path}")
     columns = raw.get("columns", {})
@@ -95,6 +100,7 @@ def load_table(name: str) -> TableSpec:
         baseline=raw.get("baseline"),
         paper=raw.get("paper", {}),
         higher_is_better=raw.get("higher_is_better", True),
+        row_columns=raw.get("row_columns", {}) or {},
         path=path,
     )
     _check_table(table)
@@ -102,6 +108,12 @@ def load_table(name: str) -> TableSpec:
 
 
 def _check_table(table: TableSpec) -> None:
+    for row, cols in table.row_columns.items():
+        if row not in table.rows:
+            raise unknown(f"row in row_columns of {table.name}", row, table.rows)
+        for col in cols:
+            if col not in table.columns:
+                raise unknown(f"column in row_columns.{row} of {table.name}", col, table.columns)
     if table.baseline is not None and table.baseline not in table.rows:
         raise unknown(f"baseline row of {table.name}", table.baseline, table.rows)
     for row, values in table.paper.items():

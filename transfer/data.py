@@ -45,6 +45,8 @@ TARGETS: dict[str, TargetDataset] = {
         TargetDataset("nyud_depth", "NYUD-v2 (depth)", "nyud", "rmse", linear=False, higher_is_better=False),
         TargetDataset("voc_det", "PASCAL VOC 07+12 (detection)", "voc07", "ap", linear=False),
         TargetDataset("davis", "DAVIS-2017 (val)", "davis", "jf", linear=False),
+        # MoCo main_lincls targets (Tables 4, 9; Places365 is the "places" target above): trained on train, top-1 on val
+        TargetDataset("imagenet", "ImageNet (val)", "object_uniform", "top1", linear=False),
     ]
 }
 
@@ -94,7 +96,13 @@ def target_defaults(name: str) -> dict[str, Any]:
         "n_val": 1000,
         "n_test": 5000,
         "seed": 0,
+        **VIDEO_DATA.get(name, {}),
     }
+
+
+# Video targets' extra data fields (DAVIS-2017 val: 30 clips, ~69 frames each, 1-5 objects; bias world: clips of
+# `frames` frames whose objects move at most `speed` image widths a frame)
+VIDEO_DATA: dict[str, dict[str, Any]] = {"davis": {"n_videos": 30, "frames": 24, "speed": 0.03}}
 
 
 def load_split(

@@ -38,6 +38,7 @@ from transfer.metrics import METRICS, MULTILABEL_METRICS
 
 Split = tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+SOLVERS = ("batched", "path")
 
 
 @dataclass
@@ -56,6 +57,9 @@ class LinearProtocol:
     # float32 stalls near max |grad| 1e-4 (its loss cannot resolve the line search) for ~1.3x speed
     dtype: str = "float64"
     threads: int = 1  # torch threads for the fit; 0: all cores this process may use (torch_threads)
+    # "batched": the n_wd fits of the sweep solved together, one L-BFGS per wd in one tensor program;
+    # "path": one fit after another from the strongest wd, each warm-started (ssl-transfer's loop order)
+    solver: str = "path"
 
     def __post_init__(self) -> None:
         METRICS[self.metric]  # ValueError naming the closest valid metric
@@ -64,6 +68,8 @@ class LinearProtocol:
                 f"metric '{self.metric}' does not fit multilabel={self.multilabel}: multilabel problems are scored "
                 f"with {', '.join(MULTILABEL_METRICS)}, single-label problems with the others"
             )
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver '{self.solver}'; valid: {', '.join(SOLVERS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype '{self.dtype}'; valid: {', '.join(DTYPES)}")
         if self.n_wd < 1 or self.max_iter < 1 or self.tol <= 0:
@@ -308,6 +314,115 @@ def _sweep(p: _Problem, wds: np.ndarray, val: tuple, protocol: LinearProtocol) -
     return out
 
 
+def _batched_loss_grad(p: _Problem, theta: torch.Tensor, lam: torch.Tensor) -> tuple:
+    """J_j and its gradient for P stacked problems: theta (P, (D + 1) C) = [vec W_j, b_j], lam (P,)."""
+    P, (n, D), C = theta.shape[0], p.x.shape, len(p.classes)
+    W = theta[:, : D * C].view(P, D, C)
+    b = theta[:, D * C :]  # (P, C)
+    z = (p.x @ W.permute(1, 0, 2).reshape(D, P * C)).view(n, P, C) + b  # (N, P, C)
+    if p.target.ndim == 1:
+        lse = torch.logsumexp(z, 2)  # (N, P)
+        loss = (lse - z[torch.arange(n), :, p.target]).mean(0)  # (P,)
+        g = torch.softmax(z, 2)
+        g[torch.arange(n), :, p.target] -= 1.0
+    else:
+        t = p.target[:, None, :].expand_as(z)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(z, t, reduction="none")
+        loss = bce.sum((0, 2)) / n
+        g = torch.sigmoid(z) - t
+    g /= n  # (N, P, C)
+    loss = loss + 0.5 * lam * (W * W).sum((1, 2))
+    gW = (p.xt @ g.reshape(n, P * C)).view(D, P, C).permute(1, 0, 2) + lam[:, None, None] * W
+    return loss, torch.cat([gW.reshape(P, D * C), g.sum(0)], 1)
+
+
+def _batched_lbfgs(
+    p: _Problem, wds: np.ndarray, protocol: LinearProtocol, history: int = 10
+) -> tuple[torch.Tensor, list[int], list[float]]:
+    """Minimises J for every wd at once, from zero: one L-BFGS per problem (two-loop recursion, backtracking
+    Armijo line search from a unit step), batched over the problems still running. A problem stops when
+    max |grad J| <= tol (torch LBFGS's tolerance_grad) or after max_iter iterations.
+    Returns (theta (P, (D + 1) C) = [vec W, b] per wd, iterations per problem, final max |grad J| per problem)."""
+    P, D, C = len(wds), p.x.shape[1], len(p.classes)
+    lam = torch.as_tensor(np.asarray(wds, dtype=np.float64), dtype=p.x.dtype) * p.penalty / p.n
+    out = torch.zeros(P, (D + 1) * C, dtype=p.x.dtype)
+    n_iter, grad_max = [0] * P, [0.0] * P
+    rows = torch.arange(P)  # problem index of each running row
+    theta = out.clone()
+    f, g = _batched_loss_grad(p, theta, lam)
+    S: list[torch.Tensor] = []  # s_i (R, n), y_i (R, n), rho_i (R,) of the running rows, newest last
+    Y: list[torch.Tensor] = []
+    RHO: list[torch.Tensor] = []
+    it = 0
+    while True:
+        gmax = g.abs().amax(1)
+        stop = (gmax <= protocol.tol) | (it >= protocol.max_iter)
+        if bool(stop.any()):
+            for j, gm in zip(rows[stop].tolist(), gmax[stop].tolist()):
+                n_iter[j], grad_max[j] = it, gm
+            out[rows[stop]] = theta[stop]
+            keep = ~stop
+            if not bool(keep.any()):
+                return out, n_iter, grad_max
+            rows, theta, f, g, lam = rows[keep], theta[keep], f[keep], g[keep], lam[keep]
+            S, Y, RHO = [s_[keep] for s_ in S], [y_[keep] for y_ in Y], [r_[keep] for r_ in RHO]
+        # direction d = -H g by the two-loop recursion
+        q = g.clone()
+        alphas = []
+        for s_, y_, rho in zip(reversed(S), reversed(Y), reversed(RHO)):
+            a_ = rho * (s_ * q).sum(1)
+            q -= a_[:, None] * y_
+            alphas.append(a_)
+        if S:
+            sy, yy = (S[-1] * Y[-1]).sum(1), (Y[-1] * Y[-1]).sum(1)
+            gamma = torch.where(RHO[-1] > 0, sy / yy.clamp_min(1e-300), torch.ones_like(sy))
+            q *= gamma[:, None]
+        else:  # first step: |d|_1 <= 1, as torch's LBFGS
+            q /= g.abs().sum(1).clamp_min(1.0)[:, None]
+        for s_, y_, rho, a_ in zip(S, Y, RHO, reversed(alphas)):
+            q += (a_ - rho * (y_ * q).sum(1))[:, None] * s_
+        d = -q
+        gd = (g * d).sum(1)
+        if bool((gd >= 0).any()):  # not a descent direction (numerical): restart those rows on -g
+            bad = gd >= 0
+            d[bad] = -g[bad] / g[bad].abs().sum(1).clamp_min(1.0)[:, None]
+            gd = (g * d).sum(1)
+            for r_ in RHO:
+                r_[bad] = 0.0
+        # backtracking Armijo, each row on its own step; only rows still searching are evaluated
+        t = torch.ones_like(f)
+        f_new, g_new = f.clone(), g.clone()
+        pending = torch.arange(len(rows))
+        for _ in range(40):
+            th = theta[pending] + t[pending, None] * d[pending]
+            fp, gp = _batched_loss_grad(p, th, lam[pending])
+            f_new[pending], g_new[pending] = fp, gp
+            ok = fp <= f[pending] + 1e-4 * t[pending] * gd[pending]
+            pending = pending[~ok]
+            if len(pending) == 0:
+                break
+            t[pending] *= 0.5
+        s_ = t[:, None] * d
+        y_ = g_new - g
+        sy = (s_ * y_).sum(1)
+        rho = torch.where(sy > 1e-12 * s_.norm(dim=1) * y_.norm(dim=1), 1.0 / sy.clamp_min(1e-300), 0.0)
+        S, Y, RHO = [*S, s_][-history:], [*Y, y_][-history:], [*RHO, rho][-history:]
+        theta, f, g = theta + s_, f_new, g_new
+        it += 1
+
+
+def _batched_sweep(p: _Problem, wds: np.ndarray, val: tuple, protocol: LinearProtocol) -> dict:
+    """Every wd's fit in one batched solve; each scored on val."""
+    theta, n_iter, grad_max = _batched_lbfgs(p, wds, protocol)
+    D, C = p.x.shape[1], len(p.classes)
+    out = {"val_scores": [], "n_iter": n_iter, "grad_max": grad_max, "raw": {}}
+    for i in range(len(wds)):
+        W, b = theta[i, : D * C].view(D, C), theta[i, D * C :]
+        out["raw"][i] = _to_raw(p, W, b)
+        out["val_scores"].append(_score(p, *out["raw"][i], val, protocol.metric))
+    return out
+
+
 def linear_eval(train: Split, val: Split, test: Split, protocol: LinearProtocol) -> dict:
     """Selects wd on val among the grid (by the protocol's metric), refits on train+val at it, scores test.
 
@@ -320,7 +435,7 @@ def linear_eval(train: Split, val: Split, test: Split, protocol: LinearProtocol)
     wds = wd_grid(protocol)
     with torch_threads(protocol.threads):
         p = _problem(*splits["train"], protocol)
-        sweep = _sweep(p, wds, splits["val"], protocol)
+        sweep = (_batched_sweep if protocol.solver == "batched" else _sweep)(p, wds, splits["val"], protocol)
         best = int(
             np.argmax(sweep["val_scores"])
         )  # first maximum in ascending wd, as ssl-transfer's `>` loop

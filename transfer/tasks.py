@@ -85,3 +85,9 @@ def run_task(spec: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
 # The built-in tasks register themselves on import; add a module here to add a task.
 import transfer.linear  # noqa: E402,F401
+import transfer.dense  # noqa: E402,F401  (segmentation, depth)
+import transfer.detection  # noqa: E402,F401
+import transfer.video  # noqa: E402,F401  (DAVIS label propagation)
+import transfer.retrieval  # noqa: E402,F401  (semantic segment retrieval)
+import transfer.svm  # noqa: E402,F401  (VOC07 SVM)
+import transfer.lincls  # noqa: E402,F401  (MoCo main_lincls)
