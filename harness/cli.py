@@ -82,10 +82,15 @@ def _table_args(p: argparse.ArgumentParser, table_required: bool = True) -> None
                    help="root of a real dataset, e.g. coco=/data/coco (paper profile)")  # fmt: skip
     p.add_argument("--data-config", default=None,
                    help="YAML file of dataset roots (default ./datasets.yaml if present)")  # fmt: skip
+    p.add_argument("--rows", default=None, help="only these rows, comma-separated (e.g. IN-118K,COCO)")
+    p.add_argument("--columns", default=None, help="only these columns, comma-separated")
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     table = load_table(args.table)
+    if getattr(args, "rows", None) or getattr(args, "columns", None):
+        split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
+        table = table.select(split(args.rows), split(args.columns))
     profile = load_profile(args.profile)
     try:
         return plan(table, profile, parse_overrides(args.overrides))

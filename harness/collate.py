@@ -14,7 +14,7 @@ from harness.planner import Plan
 from harness.store import BLOCKED, DONE, FAILED, PENDING, Store
 
 MISSING = "missing"
-NOT_EVALUATED = "n/a"  # the table does not evaluate this row on this column (row_columns)
+NOT_EVALUATED = "not-evaluated"  # the table does not evaluate this row on this column (row_columns)
 
 
 @dataclass

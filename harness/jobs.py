@@ -129,13 +129,16 @@ def _setup_torch(spec: dict) -> str:
 def run_pretrain(ctx: JobContext) -> dict:
     from pretrain.config import PretrainConfig
     from pretrain.data import load_pretrain_images
-    from pretrain.train import pretrain
+    from pretrain.train import pretrain, random_init
 
     spec = dict(ctx.job.spec)
     _setup_torch(spec)
-    data = load_pretrain_images(spec["data"], ctx.store.cache / "biasworld", ctx.roots)
     config = PretrainConfig.from_dict({k: v for k, v in spec.items() if k not in ("method", "data")})
-    summary = pretrain(config, data, ctx.workdir, progress=ctx.progress)
+    if spec["method"] == "random":
+        summary = random_init(config, ctx.workdir)
+    else:
+        data = load_pretrain_images(spec["data"], ctx.store.cache / "biasworld", ctx.roots)
+        summary = pretrain(config, data, ctx.workdir, progress=ctx.progress)
     summary["backbone"] = str(Path(summary["backbone"]).relative_to(ctx.workdir))
     return summary
 

@@ -49,6 +49,27 @@ class TableSpec:
     # row -> the only columns it is evaluated on (paper Table 3: BDD100K on Cityscapes only); others are "n/a"
     row_columns: dict[str, list[str]] = field(default_factory=dict)
 
+    def select(self, rows: list[str] | None = None, columns: list[str] | None = None) -> TableSpec:
+        """The same table restricted to some rows and columns (in the spec's order); unknown names fail."""
+        for name, pick, valid in (("row", rows, self.rows), ("column", columns, self.columns)):
+            for item in pick or []:
+                if item not in valid:
+                    raise unknown(f"{name} of {self.name}", item, valid)
+        keep_r = [r for r in self.rows if not rows or r in rows]
+        keep_c = [c for c in self.columns if not columns or c in columns]
+        idx = [self.columns.index(c) for c in keep_c]
+        hib = self.higher_is_better
+        return dataclasses.replace(
+            self,
+            rows={r: self.rows[r] for r in keep_r},
+            columns=keep_c,
+            column_specs={c: self.column_specs[c] for c in keep_c},
+            baseline=self.baseline if self.baseline in keep_r else None,
+            paper={r: [v[i] for i in idx] for r, v in self.paper.items() if r in keep_r},
+            higher_is_better=[hib[i] for i in idx] if isinstance(hib, list) else hib,
+            row_columns={r: [c for c in cs if c in keep_c] for r, cs in self.row_columns.items() if r in keep_r},
+        )
+
     def evaluated(self, row: str, column: str) -> bool:
         return row not in self.row_columns or column in self.row_columns[row]
 

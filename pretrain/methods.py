@@ -9,7 +9,9 @@ from typing import Any
 from pretrain.config import PretrainConfig
 from pretrain.registry import lookup
 
-METHODS: dict[str, type] = {"mocov2": PretrainConfig}
+# "random": no pretraining, the backbone at its seeded initialisation (the paper's Rand. init. rows); it takes
+# MoCo-v2's config so that profiles (arch, seed) apply to it unchanged, and ignores the training fields.
+METHODS: dict[str, type] = {"mocov2": PretrainConfig, "random": PretrainConfig}
 
 # Dotted config fields per variant (paper sections / Appalaraju et al. tables).
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -85,6 +85,18 @@ def pretrain(
     }
 
 
+def random_init(cfg: PretrainConfig, workdir: Path) -> dict[str, Any]:
+    """The paper's "Rand. init." rows: the backbone MoCo would start from (cfg.seed), never trained.
+    BN running statistics stay at their init (mean 0, var 1), as torchvision's untrained models."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = MoCo(cfg.moco)
+    backbone = save_backbone(model.backbone, cfg.moco.arch, workdir / "backbone.pt")
+    return {"epochs": 0, "loss_history": [], "loss_curve": [], "images_per_s": None, "wall_s": 0.0,
+            "backbone": str(backbone), "backbones": {}}  # fmt: skip
+
+
 def init_distributed() -> tuple[int, int]:
     """(rank, world size). Starts the process group from the environment when it names more than
     one process: RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (torchrun), or, with SLURM_NTASKS > 1 and

@@ -84,3 +84,50 @@ def test_a_failed_pretraining_is_recorded_and_blocks_its_transfers(tmp_path):
     errors = list(tmp_path.glob("jobs/pretrain-*/error.json"))
     assert len(errors) == 4 and not list(tmp_path.glob("jobs/pretrain-*/result.json"))
     assert "| COCO | blocked |" in bad.stdout or "| COCO | failed |" in bad.stdout
+
+
+def test_table3_shares_table2_pretraining_and_marks_cells_it_does_not_evaluate(first_run):
+    """Table 3 (smoke, two rows and two columns) reuses Table 2's IN-118K checkpoint; BDD100K is evaluated on
+    Cityscapes only, so its DAVIS cell is n/a, not missing."""
+    results, _ = first_run
+    out = cli("run", "table3", "--profile", "smoke", "--results", results,
+              "--rows", "IN-118K,BDD100K", "--columns", "Seg. Cityscapes,DAVIS")  # fmt: skip
+    assert "5 jobs (1 cached, 4 to run)" in out.stderr  # the IN-118K pretraining job is table2's
+    cells = pd.read_csv(results / "table3.csv").set_index(["row", "column"])
+    assert cells.loc[("BDD100K", "DAVIS"), "status"] == "not-evaluated"
+    done = cells[cells.status == "done"]
+    assert len(done) == 3
+    assert done["value"].between(0, 100).all()
+    assert cells.loc[("BDD100K", "Seg. Cityscapes"), "paper"] == 70.1
+    bdd = [line for line in (results / "table3.md").read_text().splitlines() if line.startswith("| BDD100K |")]
+    assert len(bdd) == 2 and all(line.endswith("| - |") for line in bdd)  # measured and paper: DAVIS n/a
+
+
+def test_random_init_row(first_run, tmp_path):
+    """A `method: random` row saves the seeded, untrained backbone and is evaluated like any other."""
+    spec = tmp_path / "rand.yaml"
+    spec.write_text(
+        "name: rand\ntitle: random init\nkind: grid\npretrain: {epochs: 400}\n"
+        "rows:\n  Rand. init.: {method: random, data: {name: coco}}\n  COCO: {data: {name: coco}}\n"
+        "columns:\n  CIFAR10: {data: {name: cifar10}}\n"
+    )
+    results, _ = first_run
+    cli("run", spec, "--profile", "smoke", "--results", results)
+    cells = pd.read_csv(results / "rand.csv").set_index("row")
+    assert set(cells["status"]) == {"done"}
+    import json
+
+    import torch
+
+    from pretrain.config import MoCoConfig
+    from pretrain.moco import MoCo
+
+    [pre] = [d for d in (results / "jobs").glob("pretrain-*")
+             if json.loads((d / "job.json").read_text())["spec"]["method"] == "random"]  # fmt: skip
+    result = json.loads((pre / "result.json").read_text())
+    assert result["epochs"] == 0 and result["loss_history"] == []
+    saved = torch.load(pre / "work" / result["backbone"], weights_only=True)["state_dict"]
+    spec = json.loads((pre / "job.json").read_text())["spec"]
+    torch.manual_seed(spec["seed"])
+    fresh = MoCo(MoCoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["moco"].items()}))
+    assert all(torch.equal(saved[k], v) for k, v in fresh.backbone.state_dict().items())
