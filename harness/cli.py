@@ -19,6 +19,7 @@ import yaml
 
 from harness.collate import collate
 from harness.errors import HarnessError
+from harness.figures import write_figures
 from harness.executors import EXECUTORS, CLUSTER_PROFILES, make_executor
 from harness.planner import Plan, plan
 from harness.progress import Reporter
@@ -139,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.time()
     outcome = executor.run(the_plan, store, Reporter(total))
     collated = collate(the_plan, store)
-    paths = write_all(collated, store.root)
+    paths = write_all(collated, store.root) + write_figures(collated, store)
     print(RENDERERS["md"](collated))
     failed, blocked = outcome.count("failed"), outcome.count("blocked")
     print(f"{total} jobs: {outcome.cached} cached, {outcome.ran} run, {failed} failed, {blocked} "
@@ -171,6 +172,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     collated = collate(the_plan, store)
     if store.root.exists():
         write_all(collated, store.root)
+        write_figures(collated, store)
     print(RENDERERS[args.format](collated))
     return 0
 

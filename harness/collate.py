@@ -40,6 +40,8 @@ def collate(plan: Plan, store: Store) -> Collated:
     paper = pd.DataFrame([table.paper.get(r, [None] * len(columns)) for r in rows], rows, columns)
     if table.kind == "datasets":
         measured, status = _collate_datasets(plan, store, rows, columns)
+    elif table.kind == "cropstats":
+        measured, status = _collate_row_cells(plan, store, rows, columns)
     else:
         measured = pd.DataFrame(np.nan, index=rows, columns=columns)
         status = pd.DataFrame(MISSING, index=rows, columns=columns)
@@ -53,7 +55,8 @@ def collate(plan: Plan, store: Store) -> Collated:
             if result is not None:
                 measured.loc[row, column] = result["value"]
             status.loc[row, column] = _state(store, job, result)
-    return Collated(plan, measured, status, paper, {c: _decimals(paper[c]) for c in columns})
+    decimals = {c: _decimals(paper[c]) or _measured_decimals(measured[c]) for c in columns}
+    return Collated(plan, measured, status, paper, decimals)
 
 
 def _collate_datasets(plan: Plan, store: Store, rows: list[str], columns: list[str]):
@@ -72,6 +75,19 @@ def _collate_datasets(plan: Plan, store: Store, rows: list[str], columns: list[s
             _yes_no(result["discriminative"]),
         ]
         measured.loc[row, :] = values[: len(columns)]
+    return measured, status
+
+
+def _collate_row_cells(plan: Plan, store: Store, rows: list[str], columns: list[str]):
+    """One job per row whose result holds {"cells": {column: value}}."""
+    measured = pd.DataFrame(np.nan, index=rows, columns=columns)
+    status = pd.DataFrame(MISSING, index=rows, columns=columns)
+    for row in rows:
+        job = plan.jobs[plan.rows[row]]
+        result = store.result(job)
+        status.loc[row, :] = _state(store, job, result)
+        for column in columns if result else []:
+            measured.loc[row, column] = result["cells"].get(column, np.nan)
     return measured, status
 
 
@@ -108,7 +124,13 @@ def _delta(frame: pd.DataFrame, baseline: str | None) -> pd.DataFrame | None:
     return numeric - numeric.loc[baseline]
 
 
-def _decimals(values: pd.Series) -> int:
+def _decimals(values: pd.Series) -> int | None:
+    """As many decimals as the paper prints in the column; None when it prints no number there."""
     digits = [len(f"{v}".split(".")[1]) if "." in f"{v}" else 0
-              for v in values if isinstance(v, (int, float)) and v is not None]  # fmt: skip
-    return max(digits, default=1) or 1
+              for v in values if isinstance(v, (int, float)) and v is not None and v == v]  # fmt: skip
+    return (max(digits) or 1) if digits else None
+
+
+def _measured_decimals(values: pd.Series) -> int:
+    numeric = pd.to_numeric(values, errors="coerce").abs()
+    return 3 if numeric.max() < 1 else 2 if numeric.max() < 10 else 1

@@ -168,7 +168,27 @@ def run_datastats(ctx: JobContext) -> dict:
     return overview(ctx.job.spec, ctx.store.cache / "biasworld", ctx.roots)
 
 
+def run_cropstats(ctx: JobContext) -> dict:
+    """IoU between the two views of n_pairs pairs from the very crop sampler training uses (Figure 1)."""
+    import numpy as np
+
+    from pretrain.augment import crop_iou_samples
+
+    spec = ctx.job.spec
+    iou = crop_iou_samples(tuple(spec["crop_scale"]), spec["n_pairs"], spec["seed"], spec["height"], spec["width"])
+    iou = iou.double().numpy()
+    counts, edges = np.histogram(iou, bins=20, range=(0.0, 1.0))
+    cells = {
+        "No overlap (%)": float(100 * (iou <= 0).mean()),
+        "IoU < 0.2 (%)": float(100 * (iou < 0.2).mean()),
+        "Mean IoU": float(iou.mean()),
+        "Median IoU": float(np.median(iou)),
+    }
+    return {"cells": cells, "histogram": counts.tolist(), "edges": edges.tolist(), "n_pairs": len(iou)}
+
+
 RUNNERS: dict[str, Callable[[JobContext], dict]] = {
+    "cropstats": run_cropstats,
     "pretrain": run_pretrain,
     "transfer": run_transfer,
     "datastats": run_datastats,

@@ -22,7 +22,8 @@ from harness.spec import (
 )
 
 # Bump when a job kind's code changes what it computes: old results then no longer match.
-JOB_VERSIONS = {"pretrain": 1, "transfer": 1, "datastats": 1}
+JOB_VERSIONS = {"pretrain": 1, "transfer": 1, "datastats": 1, "cropstats": 1}
+CROPSTATS_DEFAULTS = {"crop_scale": [0.2, 1.0], "n_pairs": 100_000, "seed": 0, "height": 256, "width": 256}
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ def plan(table: TableSpec, profile: Profile, overrides: dict[str, Any] | None = 
     result = Plan(table=table, profile=profile, overrides=overrides)
     pretrain_over, transfer_over = split_overrides(overrides)
     for row, row_spec in table.rows.items():
+        if table.kind == "cropstats":  # Figure 1: view pairs drawn by the training crop sampler
+            spec = resolve(CROPSTATS_DEFAULTS, table.pretrain, row_spec)
+            result.rows[row] = result.add(make_job("cropstats", f"cropstats {row}", spec))
+            continue
         spec = pretrain_spec(table, row_spec, profile, pretrain_over)
         if table.kind == "datasets":
             key = result.add(make_job("datastats", f"datastats {spec['data']['name']}", spec["data"]))

@@ -36,7 +36,7 @@ class TableSpec:
     name: str
     title: str
     source: str
-    kind: str  # "grid" (pretrain rows x transfer columns) or "datasets" (Table 1)
+    kind: str  # "grid" (pretrain rows x transfer columns), "datasets" (Table 1) or "cropstats" (Figure 1)
     rows: dict[str, dict]
     columns: list[str]
     column_specs: dict[str, dict]
@@ -48,6 +48,9 @@ class TableSpec:
     path: Path | None = None
     # row -> the only columns it is evaluated on (paper Table 3: BDD100K on Cityscapes only); others are "n/a"
     row_columns: dict[str, list[str]] = field(default_factory=dict)
+    # a figure drawn from the table's jobs (harness/figures.py): {type: lines, x: {row: value}, xlabel} plots
+    # each column against x; {type: loss_curves} plots each row's pretraining loss per epoch
+    figure: dict[str, Any] = field(default_factory=dict)
 
     def select(self, rows: list[str] | None = None, columns: list[str] | None = None) -> TableSpec:
         """The same table restricted to some rows and columns (in the spec's order); unknown names fail."""
@@ -103,7 +106,7 @@ def load_table(name: str) -> TableSpec:
     raw = _load_yaml(path)
     allowed = {
         "name", "title", "source", "kind", "rows", "columns", "pretrain", "transfer",
-        "baseline", "paper", "higher_is_better", "row_columns",
+        "baseline", "paper", "higher_is_better", "row_columns", "figure",
     }  # fmt: skip
     _check_keys(raw, allowed, f"table spec {path}")
     columns = raw.get("columns", {})
@@ -122,13 +125,26 @@ def load_table(name: str) -> TableSpec:
         paper=raw.get("paper", {}),
         higher_is_better=raw.get("higher_is_better", True),
         row_columns=raw.get("row_columns", {}) or {},
+        figure=raw.get("figure", {}) or {},
         path=path,
     )
     _check_table(table)
     return table
 
 
+KINDS = ("grid", "datasets", "cropstats")
+FIGURE_TYPES = ("lines", "loss_curves")
+
+
 def _check_table(table: TableSpec) -> None:
+    if table.kind not in KINDS:
+        raise unknown(f"kind of table {table.name}", table.kind, KINDS)
+    if table.figure:
+        if table.figure.get("type") not in FIGURE_TYPES:
+            raise unknown(f"figure type of {table.name}", str(table.figure.get("type")), FIGURE_TYPES)
+        missing = [r for r in table.rows if table.figure["type"] == "lines" and r not in table.figure.get("x", {})]
+        if missing:
+            raise HarnessError(f"{table.path}: figure.x needs a value for every row; missing {missing}")
     for row, cols in table.row_columns.items():
         if row not in table.rows:
             raise unknown(f"row in row_columns of {table.name}", row, table.rows)
