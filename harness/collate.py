@@ -53,7 +53,8 @@ def collate(plan: Plan, store: Store) -> Collated:
             job = plan.jobs[key]
             result = store.result(job)
             if result is not None:
-                measured.loc[row, column] = result["value"]
+                field = table.column_specs[column].get("value", "value")  # e.g. Table 5's j_mean / f_mean
+                measured.loc[row, column] = result[field]
             status.loc[row, column] = _state(store, job, result)
     decimals = {c: _decimals(paper[c]) or _measured_decimals(measured[c]) for c in columns}
     return Collated(plan, measured, status, paper, decimals)

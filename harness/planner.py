@@ -106,7 +106,8 @@ def transfer_spec(table: TableSpec, column: str, profile: Profile, overrides: di
     from transfer.data import target_defaults
     from transfer.tasks import task_defaults, task_spec_defaults
 
-    merged = {**table.transfer, **table.column_specs[column]}
+    column_spec = {k: v for k, v in table.column_specs[column].items() if k != "value"}
+    merged = {**table.transfer, **column_spec}
     task = merged.get("task", "linear")
     data_name = merged.get("data", {}).get("name")
     if data_name is None:
@@ -119,7 +120,7 @@ def transfer_spec(table: TableSpec, column: str, profile: Profile, overrides: di
         **task_spec_defaults(task),  # e.g. the linear task's evaluation image_size and batch_size
     }
     defaults["data"]["source"] = profile.data_source
-    spec = resolve(defaults, table.transfer, table.column_specs[column])
+    spec = resolve(defaults, table.transfer, column_spec)
     spec = apply_profile(spec, profile.transfer, f"profile {profile.name}")
     spec = apply_profile(spec, profile.tasks.get(task, {}), f"profile {profile.name}, tasks.{task}")
     return _apply_overrides(spec, overrides, "transfer")
