@@ -299,9 +299,20 @@ def build_model(backbone_path: Path, outputs: int, protocol: DenseProtocol) -> D
     return DenseModel(body, head)
 
 
+def _stacked(x: Any, what: str) -> torch.Tensor:
+    """The split as one tensor: the bias world's same-size images. Real sets (a sequence of mixed-size images)
+    need the per-image scale/crop pipeline, which is not built yet: fail saying so rather than mid-run."""
+    if isinstance(x, torch.Tensor):
+        return x
+    raise NotImplementedError(
+        f"dense finetuning reads {what} as one stacked tensor (the bias world); real datasets of mixed image "
+        "sizes need a per-image scale/crop pipeline that is not built yet (issue 4). Run with --profile tiny."
+    )
+
+
 def _targets(data: Any, depth: bool) -> torch.Tensor:
     """(N,H,W) int64 class ids (ignore 255), or float32 depth (0 invalid)."""
-    return torch.as_tensor(data.depth if depth else data.class_mask)
+    return _stacked(data.depth if depth else data.class_mask, "the targets")
 
 
 def train_run(train: Any, protocol: DenseProtocol, depth: bool, run: int, ctx: Any) -> nn.Module:
@@ -310,7 +321,7 @@ def train_run(train: Any, protocol: DenseProtocol, depth: bool, run: int, ctx: A
     torch.manual_seed(seed)  # the head's initialisation (and ASPP dropout)
     model = build_model(ctx.backbone_path, 1 if depth else train.num_classes, protocol).to(ctx.device)
     optimizer = with_initial_lr(make_optimizer(list(model.parameters()), protocol))
-    images, target = normalize(torch.as_tensor(train.images)), _targets(train, depth)
+    images, target = normalize(_stacked(train.images, "the images")), _targets(train, depth)
     fill = 0.0 if depth else float(protocol.ignore_index)
 
     def step_loss(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -334,7 +345,7 @@ def train_run(train: Any, protocol: DenseProtocol, depth: bool, run: int, ctx: A
 def evaluate(model: nn.Module, val: Any, protocol: DenseProtocol, depth: bool, device: str) -> float:
     """mIoU (percent) from the split's confusion matrix, or pixel-pooled RMSE, at the images' own size."""
     model.eval()
-    images, target = torch.as_tensor(val.images), _targets(val, depth)
+    images, target = _stacked(val.images, "the images"), _targets(val, depth)
     preds = []
     for start in range(0, len(images), protocol.eval_batch_size):
         out = model(normalize(images[start : start + protocol.eval_batch_size]).to(device)).float().cpu()
