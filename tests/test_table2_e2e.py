@@ -131,3 +131,15 @@ def test_random_init_row(first_run, tmp_path):
     torch.manual_seed(spec["seed"])
     fresh = MoCo(MoCoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["moco"].items()}))
     assert all(torch.equal(saved[k], v) for k, v in fresh.backbone.state_dict().items())
+
+
+def test_table4_ablation_every_variant_runs(tmp_path):
+    """Table 4 at smoke: MC, CC, lower momentum, A+ and kNN rows train, and every transfer (segmentation, SVM,
+    main_lincls) runs on them; Rand. init. is evaluated on the segmentation columns only."""
+    cli("run", "table4", "--profile", "smoke", "--results", tmp_path)
+    cells = pd.read_csv(tmp_path / "table4.csv", keep_default_na=False).set_index(["row", "column"])
+    rand = cells.loc["Rand. init."]
+    assert set(rand.loc[["VOC SVM", "ImageNet", "Places"], "status"]) == {"not-evaluated"}
+    done = cells[cells.status == "done"]
+    assert len(done) == 6 * 6 + 3
+    assert pd.to_numeric(done["value"]).between(0, 100).all()
