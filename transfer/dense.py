@@ -30,11 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from transfer.features import IMAGENET_MEAN, IMAGENET_STD
+from transfer.features import normalize
 from transfer.metrics import IGNORE_INDEX, confusion_matrix, miou, rmse
+from transfer.spatial import unstride
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("step", "poly")
@@ -50,19 +50,7 @@ def dilate_last_block(net: nn.Module, dilation: int = 2) -> nn.Module:
     As torchvision's replace_stride_with_dilation (which refuses BasicBlock): the first block keeps dilation 1 and
     loses its stride (conv and downsample), the later blocks use `dilation` with padding = dilation. BasicBlock's
     two 3x3 convs and Bottleneck's middle 3x3 conv are the ones changed."""
-    for i, block in enumerate(net.layer4):
-        d = 1 if i == 0 else dilation
-        if isinstance(block, Bottleneck):
-            convs = [block.conv2]
-        elif isinstance(block, BasicBlock):
-            convs = [block.conv1, block.conv2]
-        else:
-            raise TypeError(f"cannot dilate {type(block).__name__}: expected BasicBlock or Bottleneck")
-        for conv in convs:
-            conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
-        if block.downsample is not None:
-            block.downsample[0].stride = (1, 1)
-        block.stride = 1
+    unstride(net.layer4, first=1, dilation=dilation)
     return net
 
 
@@ -73,13 +61,6 @@ def trunk(backbone: nn.Module) -> nn.Sequential:
     net = nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool, b.layer1, b.layer2, b.layer3, b.layer4)
     net.out_dim = backbone.out_dim
     return net
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N,3,H,W) -> ImageNet-normalised float."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
 
 
 # ----------------------------------------------------------------------------- heads

@@ -28,6 +28,13 @@ def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
     return (x - mean) / std
 
 
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (or 0-255 float) (N,3,H,W) -> ImageNet-normalised float, at the images' own size."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
 @torch.no_grad()
 def extract(backbone: nn.Module, images: torch.Tensor, size: int, batch_size: int = 256) -> torch.Tensor:
     """(N, D) float32 features of a backbone in eval mode; asserts it leaves the backbone untouched."""

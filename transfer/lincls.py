@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transfer.features import IMAGENET_MEAN, IMAGENET_STD
+from transfer.features import normalize
 from transfer.linear import torch_threads
 from transfer.metrics import top1_accuracy
 from transfer.svm import resize_center_crop
@@ -81,12 +81,6 @@ def random_resized_crop(images: torch.Tensor, size: int, protocol: LinclsProtoco
     return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-    return (x - mean) / std
-
-
 def train_lincls(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, size: int,
                  protocol: LinclsProtocol, num_classes: int, progress=lambda info: None) -> nn.Linear:
     """The linear classifier after `epochs` of SGD on augmented images through the frozen backbone."""
@@ -105,7 +99,7 @@ def train_lincls(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor
         losses = []
         for start in range(0, len(images), protocol.batch_size):
             idx = order[start : start + protocol.batch_size]
-            x = _normalize(random_resized_crop(images[idx], size, protocol, gen)).to(device)
+            x = normalize(random_resized_crop(images[idx], size, protocol, gen)).to(device)
             with torch.no_grad():
                 feats = backbone(x)
             loss = F.cross_entropy(fc(feats), labels[idx].to(device))
@@ -124,7 +118,7 @@ def evaluate_lincls(backbone: nn.Module, fc: nn.Linear, images: torch.Tensor, si
     device = next(backbone.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
-        x = _normalize(resize_center_crop(images[start : start + batch_size], size, protocol.val_crop))
+        x = normalize(resize_center_crop(images[start : start + batch_size], size, protocol.val_crop))
         out.append(fc(backbone(x.to(device))).cpu())
     return torch.cat(out)
 

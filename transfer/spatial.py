@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from transfer.features import IMAGENET_MEAN, IMAGENET_STD
+from transfer.features import normalize
 
 LAYERS = ("layer3", "layer4")  # res4, res5
 STRIDES = (8, 16, 32)
 
 
-def _unstride(layer: nn.Sequential, first: int, dilation: int) -> None:
+def unstride(layer: nn.Sequential, first: int, dilation: int) -> None:
     """In place: the layer's stride 2 removed; its first block at dilation `first`, the others at `dilation`."""
     for i, block in enumerate(layer):
         d = first if i == 0 else dilation
@@ -54,18 +54,11 @@ def strided_trunk(backbone: nn.Module, layer: str = "layer4", output_stride: int
             stride *= 2
             continue
         new = dilation * 2 if dilate else 1
-        _unstride(lay, dilation if dilate else 1, new)
+        unstride(lay, dilation if dilate else 1, new)
         dilation = new
     net = nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool, *layers)
     net.out_dim = layers[-1][-1].conv2.out_channels if isinstance(layers[-1][-1], BasicBlock) else layers[-1][-1].conv3.out_channels
     return net.eval()
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (or 0-255 float) (N,3,H,W) -> ImageNet-normalised float."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
 
 
 @torch.no_grad()
