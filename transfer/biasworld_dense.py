@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transfer.data import DenseSet, get_target
+from transfer.data import DenseSet, biasworld_split, get_target
 
 DETECTION_TARGETS = ("voc_det",)
 # VOC 'difficult' stand-in: instances mostly hidden or a few pixels across (ignored when scoring, as VOC's)
@@ -23,20 +23,9 @@ DIFFICULT_SIDE = 3
 
 def dense_split(spec: dict[str, Any], split: str, cache_dir: Path | None) -> DenseSet:
     """One split of a bias-world dense target: images, class masks, depth and per-image boxes."""
-    from pretrain.data.biasworld import generate
-
     target = get_target(spec["name"])
-    world = generate(
-        target.biasworld,
-        split=split,
-        n=int(spec[f"n_{split}"]),
-        size=int(spec["image_size"]),
-        seed=int(spec["seed"]),
-        dense=True,
-        cache_dir=cache_dir,
-    )
+    world, images = biasworld_split(spec, split, cache_dir, dense=True)
     n = len(world.images)
-    images = torch.from_numpy(np.ascontiguousarray(world.images.transpose(0, 3, 1, 2)))
     boxes, labels, difficult = _boxes(world.objects, n)
     objects = tuple(world.object_class_names)
     detection = target.name in DETECTION_TARGETS

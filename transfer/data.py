@@ -109,25 +109,31 @@ def load_split(
     spec: dict[str, Any], split: str, cache_dir: Path | None, roots: dict[str, str] | None = None
 ) -> tuple[torch.Tensor, np.ndarray]:
     """(images uint8 (N,3,H,W), labels (N,) int64 or (N,C) uint8) of one split."""
-    target = get_target(spec["name"])
+    get_target(spec["name"])  # an unknown target fails here, naming the valid ones
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
     if spec["source"] != "biasworld":
         from transfer.real import load_classification
 
         return load_classification(spec, split, roots or {})
+    world, images = biasworld_split(spec, split, cache_dir)
+    return images, world.labels
+
+
+def biasworld_split(spec: dict[str, Any], split: str, cache_dir: Path | None, dense: bool = False) -> tuple:
+    """(BiasWorldSet, its images as uint8 (N,3,H,W)) of the target's bias-world twin, sized by the data spec."""
     from pretrain.data.biasworld import generate
 
     world = generate(
-        target.biasworld,
+        get_target(spec["name"]).biasworld,
         split=split,
         n=int(spec[f"n_{split}"]),
         size=int(spec["image_size"]),
         seed=int(spec["seed"]),
+        dense=dense,
         cache_dir=cache_dir,
     )
-    images = torch.from_numpy(np.ascontiguousarray(world.images.transpose(0, 3, 1, 2)))
-    return images, world.labels
+    return world, torch.from_numpy(np.ascontiguousarray(world.images.transpose(0, 3, 1, 2)))
 
 
 def load_dense(
