@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 from harness.planner import Job
 from harness.progress import describe
@@ -49,7 +50,10 @@ def elapsed(store: Store, job: Job) -> float | None:
 def print_status(jobs: list[Job], store: Store, log_lines: int = 3) -> None:
     ids = [info["job_id"] for job in jobs if (info := store.slurm(job))]
     slurm_states = query_slurm(ids)
-    print(f"{'job':<12}  {'kind':<9}  {'state':<16} {'elapsed':>8}  {'slurm':>7}  name / progress / log")
+    print(
+        f"{'job':<12}  {'kind':<9}  {'state':<16} {'elapsed':>8}  {'slurm':>7}  name / progress / log"
+    )
+    counts: dict[str, int] = {}
     for job in jobs:
         state = job_state(store, job, slurm_states)
         took = elapsed(store, job)
@@ -63,9 +67,25 @@ def print_status(jobs: list[Job], store: Store, log_lines: int = 3) -> None:
         print(f"{'':<60}log: {where}")
         if state == FAILED and (error := store.error(job)):
             print(f"{'':<60}error: {error['error']}")
-            tail = where.read_text().strip().splitlines()[-log_lines:] if where.exists() else []
-            for line in tail:
+        if state in (FAILED, "cancelled"):
+            for line in log_tail(where if where.exists() else _slurm_stderr(info), log_lines):
                 print(f"{'':<60}| {line}")
+        counts[state] = counts.get(state, 0) + 1
+    print(f"{len(jobs)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+
+
+def log_tail(path: Path | None, lines: int) -> list[str]:
+    """The last `lines` lines of a log; none when it is absent."""
+    if path is None or not path.is_file():
+        return []
+    return path.read_text(errors="replace").strip().splitlines()[-lines:]
+
+
+def _slurm_stderr(info: dict) -> Path | None:
+    """submitit's stderr of a SLURM job that died before the job's own log existed (e.g. no node, OOM)."""
+    if not info.get("folder"):
+        return None
+    return Path(info["folder"]) / f"{info['job_id']}_0_log.err"
 
 
 def _fmt_s(seconds: float | None) -> str:

@@ -76,6 +76,43 @@ def task_spec_defaults(task: str) -> dict[str, Any]:
     return dict(get_task(task).spec_defaults)
 
 
+# Fields several tasks share, checked by name wherever they appear in a transfer spec (top level,
+# data, protocol), so a bad value fails at plan time naming its dotted field; each protocol's
+# __post_init__ then checks the rest (its choices, and ranges only it has).
+AT_LEAST_ONE = frozenset({
+    "epochs", "iterations", "batch_size", "eval_batch_size", "n_runs", "max_iter", "n_wd",
+    "n_clusters", "kmeans_iters", "image_size", "crop_size", "test_size", "max_size", "n_train",
+    "n_test", "n_videos", "frames",
+})  # fmt: skip
+POSITIVE = frozenset({"lr", "tol", "cost"})
+AREA_FRACTIONS = frozenset({"crop_scale"})  # (lo, hi) fractions of the image area
+
+
+def check_spec(spec: dict[str, Any]) -> None:
+    """A resolved transfer spec's names and values, before anything runs: ValueError naming a field."""
+    task = get_task(spec["task"])
+    task_defaults(spec["task"], spec["data"]["name"])  # an unknown or unsupported target fails here
+    for section, fields in (("", spec), ("data.", spec["data"]), ("protocol.", spec["protocol"])):
+        for name, value in fields.items():
+            _check_range(section + name, name, value)
+    try:
+        task.protocol(**spec["protocol"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"protocol of task '{task.name}': {err}") from err
+
+
+def _check_range(field: str, name: str, value: Any) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name in AT_LEAST_ONE and number and value < 1:
+        raise ValueError(f"{field}={value}: must be >= 1")
+    if name in POSITIVE and number and value <= 0:
+        raise ValueError(f"{field}={value}: must be > 0")
+    if name in AREA_FRACTIONS and not (
+        isinstance(value, (list, tuple)) and len(value) == 2 and 0 < value[0] <= value[1] <= 1
+    ):
+        raise ValueError(f"{field}={value}: must be (lo, hi) with 0 < lo <= hi <= 1")
+
+
 def run_task(spec: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     out = get_task(spec["task"]).run(spec, ctx)
     if "value" not in out or "metric" not in out:
@@ -91,3 +128,4 @@ import transfer.video  # noqa: E402,F401  (DAVIS label propagation)
 import transfer.retrieval  # noqa: E402,F401  (semantic segment retrieval)
 import transfer.svm  # noqa: E402,F401  (VOC07 SVM)
 import transfer.lincls  # noqa: E402,F401  (MoCo main_lincls)
+import transfer.cam  # noqa: E402,F401  (class activation maps of main_lincls's classifier)

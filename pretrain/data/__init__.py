@@ -103,10 +103,26 @@ def real_manifest(dataset: PretrainDataset, spec: dict[str, Any], cache_dir: Pat
         if cached.exists():
             return Manifest.load(cached)
     manifest = build_manifest(dataset.real, roots[dataset.name], seed=int(spec["seed"]), size=size)
+    _check_decodable(manifest)  # once per manifest: each epoch drops a different batch remainder
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         manifest.save(cached)
     return manifest
+
+
+def _check_decodable(manifest) -> None:
+    """Every file of a new manifest decodes, else CorruptImageError naming them: a corrupt image is
+    reported before training, never skipped (it could hide in the batches an epoch drops)."""
+    from pretrain.data.images import verify
+    from pretrain.data.manifests import CorruptImageError
+
+    bad = verify(manifest)
+    if bad:
+        raise CorruptImageError(
+            f"{len(bad)} image(s) of {manifest.root} cannot be decoded: {', '.join(bad[:5])}"
+            + (" ..." if len(bad) > 5 else "")
+            + "; replace or remove them, then run again"
+        )
 
 
 def overview(spec: dict[str, Any], cache_dir: Path | None, roots: dict[str, str] | None = None) -> dict:
