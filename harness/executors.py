@@ -1,11 +1,13 @@
 """Executors: run a plan's jobs in dependency order, locally or on SLURM through submitit.
 
 Both run the same callable (`harness.jobs.JobRunner`), skip every job whose result is stored, and
-never run a job whose dependency failed (it is reported as blocked by that dependency).
+never run a job whose dependency failed (it is reported, and recorded in blocked.json, as blocked by
+that dependency).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections import defaultdict
@@ -23,6 +25,7 @@ from harness.spec import REPO
 from harness.store import BLOCKED, DONE, FAILED, Store
 
 CLUSTER_PROFILES = REPO / "slurm" / "profiles"
+MAX_ARRAY = 1000  # tasks per job array: SLURM's default MaxArraySize (1001) allows indices 0-1000
 
 
 @dataclass
@@ -58,6 +61,7 @@ class LocalExecutor:
                 reporter.cached(job)
             elif (dep := blocked_by(job, outcome.states)) is not None:
                 outcome.states[job.key] = BLOCKED
+                store.write_blocked(job, plan.jobs[dep])
                 reporter.blocked(job, plan.jobs[dep])
             else:
                 outcome.ran += 1
@@ -105,7 +109,8 @@ def slurm_parameters(profile: dict[str, Any], kind: str) -> dict[str, Any]:
 
 class SlurmExecutor:
     """Submits the plan to SLURM: pretraining jobs first, then, per pretraining job, its transfer
-    jobs as one job array that waits on it (afterok; a failed parent cancels them)."""
+    jobs as one job array that waits on it (afterok; a failed parent cancels them). Jobs that a
+    previous or concurrent `run` left queued or running are followed, not submitted again."""
 
     POLL_S = 2.0
 
@@ -116,49 +121,92 @@ class SlurmExecutor:
         _check_slurm()
 
     def run(self, plan: Plan, store: Store, reporter: Reporter) -> Outcome:
-        import submitit
-
-        folder = store.root / "slurm" / time.strftime("%Y%m%d-%H%M%S")
-        executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
-        outcome = Outcome()
-        todo: list[Job] = []
-        for job in plan.jobs.values():
-            store.register(job)
-            if store.is_done(job):
-                outcome.states[job.key], outcome.cached = DONE, outcome.cached + 1
-                reporter.cached(job)
-            else:
-                todo.append(job)
-        submitted = self._submit(executor, todo, store, reporter)
-        outcome.ran = len(submitted)
-        self._wait(plan, submitted, store, reporter, outcome)
+        outcome, handles = self.submit(plan, store, reporter)
+        self._wait(plan, handles, store, reporter, outcome)
         return outcome
 
-    def _submit(self, executor, todo: list[Job], store: Store, reporter: Reporter) -> dict[str, Any]:
-        """Submit in dependency order, grouping jobs with the same kind and parent into one array."""
-        submitted: dict[str, Any] = {}
+    def submit(
+        self, plan: Plan, store: Store, reporter: Reporter
+    ) -> tuple[Outcome, dict[str, Any]]:
+        """Submit every job not done (or attach to it if already queued); returns their handles."""
+        import submitit
+
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # two `run`s in one second
+        executor = submitit.AutoExecutor(
+            folder=store.root / "slurm" / stamp / "%j", cluster="slurm"
+        )
+        outcome = Outcome()
+        with store.submission_lock():
+            live = queued_job_ids()  # first: a job that ends after this reads as done below
+            todo: list[Job] = []
+            for job in plan.jobs.values():
+                store.register(job)
+                if store.is_done(job):
+                    outcome.states[job.key], outcome.cached = DONE, outcome.cached + 1
+                    reporter.cached(job)
+                else:
+                    todo.append(job)
+            handles = self._attach(todo, live, store, reporter)
+            handles.update(self._submit(executor, todo, handles, store, reporter))
+        outcome.ran = len(handles)
+        return outcome, handles
+
+    def _attach(
+        self, todo: list[Job], live: set[str], store: Store, reporter: Reporter
+    ) -> dict[str, Any]:
+        """Handles on the jobs whose recorded SLURM job (slurm.json) is still queued or running."""
+        import submitit
+
+        handles = {}
+        for job in todo:
+            info = store.slurm(job)
+            if info and info["job_id"] in live:
+                handles[job.key] = submitit.SlurmJob(folder=info["folder"], job_id=info["job_id"])
+                reporter.attached(job, info["job_id"])
+        return handles
+
+    def _submit(
+        self, executor, todo: list[Job], attached: dict[str, Any], store: Store, reporter: Reporter
+    ) -> dict[str, Any]:
+        """Submit in dependency order, grouping jobs with the same kind and parent into one array
+        (several past MAX_ARRAY jobs)."""
+        submitted: dict[str, Any] = dict(attached)
         groups: dict[tuple, list[Job]] = defaultdict(list)
         for job in todo:
-            groups[(job.kind, job.deps)].append(job)
-        for (kind, deps), jobs in groups.items():  # insertion order = topological order
-            params = slurm_parameters(self.profile, kind)
-            pending = [submitted[d].job_id for d in deps if d in submitted]
-            if pending:
-                extra = dict(params["slurm_additional_parameters"])
-                extra.update(dependency="afterok:" + ":".join(pending), kill_on_invalid_dep="yes")
-                params["slurm_additional_parameters"] = extra
-            executor.update_parameters(slurm_job_name=f"{kind}", **params)
-            runners = [JobRunner(str(store.root), job.key, self.roots) for job in jobs]
-            with executor.batch():
-                handles = [executor.submit(runner) for runner in runners]
-            for job, handle in zip(jobs, handles):
-                submitted[job.key] = handle
-                store.write_slurm(job, {"job_id": handle.job_id, "folder": str(handle.paths.folder),
-                                        "submitted": time.time(), "cluster": self.cluster})  # fmt: skip
-                reporter.submitted(job, handle.job_id)
-        return submitted
+            if job.key not in attached:
+                groups[(job.kind, job.deps)].append(job)
+        for (kind, deps), group in groups.items():  # insertion order = topological order
+            for start in range(0, len(group), MAX_ARRAY):
+                jobs = group[start : start + MAX_ARRAY]
+                handles = self._submit_array(executor, kind, deps, jobs, submitted, store)
+                for job, handle in zip(jobs, handles):
+                    submitted[job.key] = handle
+                    reporter.submitted(job, handle.job_id)
+        return {key: submitted[key] for key in submitted.keys() - attached.keys()}
 
-    def _wait(self, plan: Plan, submitted: dict, store: Store, reporter: Reporter, outcome: Outcome):
+    def _submit_array(
+        self, executor, kind: str, deps: tuple, jobs: list[Job], submitted: dict, store: Store
+    ) -> list[Any]:
+        """One sbatch: the jobs as one array, after their parents (afterok), recorded in slurm.json."""
+        params = slurm_parameters(self.profile, kind)
+        pending = [submitted[d].job_id for d in deps if d in submitted]
+        if pending:
+            extra = dict(params["slurm_additional_parameters"])
+            extra.update(dependency="afterok:" + ":".join(pending), kill_on_invalid_dep="yes")
+            params["slurm_additional_parameters"] = extra
+        executor.update_parameters(slurm_job_name=f"{kind}", **params)
+        with executor.batch():
+            handles = [
+                executor.submit(JobRunner(str(store.root), job.key, self.roots)) for job in jobs
+            ]
+        for job, handle in zip(jobs, handles):
+            store.write_slurm(job, {"job_id": handle.job_id, "folder": str(handle.paths.folder),
+                                    "submitted": time.time(), "cluster": self.cluster})  # fmt: skip
+        return handles
+
+    def _wait(
+        self, plan: Plan, submitted: dict, store: Store, reporter: Reporter, outcome: Outcome
+    ):
         remaining = dict(submitted)
         while remaining:
             for key, handle in list(remaining.items()):
@@ -170,14 +218,53 @@ class SlurmExecutor:
                 if store.is_done(job):
                     outcome.states[key] = DONE
                     reporter.finished(job, store.result(job))
-                elif (dep := blocked_by(job, outcome.states)) is not None:
+                elif (dep := _undone_dep(job, plan, store)) is not None:
+                    # its parent failed: kill_on_invalid_dep cancelled it before it ran
                     outcome.states[key] = BLOCKED
-                    reporter.blocked(job, plan.jobs[dep])
+                    store.write_blocked(job, dep, slurm_reason(handle.job_id))
+                    reporter.blocked(job, dep)
                 else:
                     outcome.states[key] = FAILED
                     reporter.failed(job, _failure_reason(store, job, handle))
             if remaining:
                 time.sleep(self.POLL_S)
+
+
+def _undone_dep(job: Job, plan: Plan, store: Store) -> Job | None:
+    """The dependency that is not done, read from the store (not from poll order: a cancelled
+    child can be seen finished in the same poll that first sees its parent fail)."""
+    return next((plan.jobs[d] for d in job.deps if not store.is_done(plan.jobs[d])), None)
+
+
+def queued_job_ids() -> set[str]:
+    """Ids of this user's jobs SLURM still holds (pending, running, requeued...), array tasks one
+    per line (`123_4`). squeue asks the controller: a job submitted a moment ago is listed, where
+    sacct may not know it yet."""
+    cmd = ["squeue", "--me", "-h", "-r", "-o", "%i"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise HarnessError(
+            f"squeue failed ({err}): cannot tell which recorded jobs are still queued, so nothing "
+            "was submitted. Check the cluster (`sinfo`), then run the same command again."
+        ) from err
+    return set(out.stdout.split())
+
+
+def slurm_reason(job_id: str) -> str:
+    """SLURM's final state and reason from accounting, e.g. 'CANCELLED (Dependency)'. A pending
+    array cancelled as a whole has one record, `123_[0-9%2]`: asked by its base id, it answers."""
+    cmd = ["sacct", "-n", "-P", "-X", "-o", "JobID,State,Reason", "-j", job_id.split("_")[0]]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    records = [line.split("|") for line in out.stdout.splitlines() if line.count("|") == 2]
+    mine = [r for r in records if r[0] == job_id] or [r for r in records if "[" in r[0]]
+    if not mine:
+        return ""
+    _, state, reason = mine[0]
+    return f"{state} ({reason})" if reason not in ("", "None") else state
 
 
 def _failure_reason(store: Store, job: Job, handle) -> str:
@@ -193,7 +280,9 @@ def _failure_reason(store: Store, job: Job, handle) -> str:
 
 def _check_slurm() -> None:
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%P %a"], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%P %a"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise HarnessError(
             f"SLURM is not reachable ({err}). Start the local cluster with "

@@ -53,6 +53,9 @@ class Reporter:
     def submitted(self, job: Job, slurm_id: str) -> None:
         self._line(f"^ {job.name}  submitted as SLURM job {slurm_id}", count=False)
 
+    def attached(self, job: Job, slurm_id: str) -> None:
+        self._line(f"^ {job.name}  already queued as SLURM job {slurm_id}: following it", count=False)
+
     def slurm_state(self, job: Job, state: str, progress: dict | None) -> None:
         detail = f"  {describe(progress)}" if progress else ""
         self._status(f"~ {job.name}  {state}{detail}")
