@@ -131,8 +131,11 @@ HEADS = ("mlp", "linear", "none", "fixed_random")
 
 
 @dataclass
-class PretrainConfig:
-    moco: MoCoConfig = field(default_factory=MoCoConfig)
+class TrainConfig:
+    """What every pretraining method shares: the augmentation and the optimisation. Each method's
+    config (pretrain/methods.py) adds its own section: PretrainConfig (MoCo) `moco`, SimCLR
+    `simclr`, SwAV `swav`; a subclass may change a default (SimCLR's augmentation)."""
+
     aug: AugConfig = field(default_factory=AugConfig)
     epochs: int = 400
     batch_size: int = 256  # N
@@ -152,6 +155,30 @@ class PretrainConfig:
             raise ValueError(f"epochs={self.epochs}: must be >= 0")
         _positive("batch_size", self.batch_size)
         _between("lr", self.lr, 0.0, float("inf"), closed_low=True)
+        bad = [e for e in self.save_backbone_epochs if not 1 <= e <= self.epochs]
+        if bad:
+            raise ValueError(f"save_backbone_epochs {bad}: each must be in [1, epochs={self.epochs}]")
+        _one_of("precision", self.precision, PRECISIONS)
+        _one_of("schedule", self.schedule, SCHEDULES)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """Nested (or dotted: ``{"moco.arch": ...}``) dicts -> config; unknown key: ValueError."""
+        return _build(cls, _undot(d), "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested dicts of plain JSON/YAML values (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """MoCo (v2 by default; v1 in pretrain/methods.py): the shared fields and the `moco` section."""
+
+    moco: MoCoConfig = field(default_factory=MoCoConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.moco.queue_size % self.batch_size:
             raise ValueError(
                 f"moco.queue_size={self.moco.queue_size}: must be a multiple of the batch size "
@@ -162,18 +189,19 @@ class PretrainConfig:
                 f"batch_size={self.batch_size}: must be a multiple of moco.split_bn="
                 f"{self.moco.split_bn}"
             )
-        bad = [e for e in self.save_backbone_epochs if not 1 <= e <= self.epochs]
-        if bad:
-            raise ValueError(f"save_backbone_epochs {bad}: each must be in [1, epochs={self.epochs}]")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
-        """Nested (or dotted: ``{"moco.arch": ...}``) dicts -> config; unknown key: ValueError."""
-        return _build(cls, _undot(d), "")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Nested dicts of plain JSON/YAML values (tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
+PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("cosine", "constant")
+
+
+def _one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        hint = closest(str(value), valid)
+        raise ValueError(
+            f"{name}={value!r}: valid are {', '.join(valid)}"
+            + (f"; did you mean '{hint}'?" if hint else "")
+        )
 
 
 def _positive(name: str, value: int) -> None:
@@ -236,7 +264,7 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
         default = getattr(cls(), key)
         if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
-                raise ValueError(f"config key '{prefix}{key}' holds a section: give a dict")
+                raise ValueError(f"{prefix}{key}={value!r}: a section of the config, give a dict")
             value = _build(type(default), value, f"{prefix}{key}.")
         elif isinstance(default, tuple):
             value = tuple(value)

@@ -1,17 +1,44 @@
-"""Pretraining methods by name, each with its published defaults (a config dataclass), and the
+"""Pretraining methods by name, each a config class holding its published defaults, and the
 paper's named variants of MoCo-v2: each is a few config fields, composable (a table row can merge
-several, or give the fields itself, e.g. `{aug: {n_small: 6}}`); the method stays "mocov2"."""
+several, or give the fields itself, e.g. `{aug: {n_small: 6}}`); the method stays "mocov2".
+
+A method's config is the shared training fields (pretrain.config.TrainConfig) plus its own
+section: `moco` (MoCo v1, v2 and Rand. init.), `simclr` or `swav`. Spec layers written for one
+method (a profile's `moco.queue_size`, Table 4's `moco.momentum` rows) reach another method
+through `own_fields`, which drops the sections of other methods: sizes for every method can sit
+in one profile, and `method=swav` runs a MoCo table with SwAV (a MoCo-only ablation row then
+plans the same job as the row before it). A key of no method's section still fails loudly.
+"""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
-from pretrain.config import PretrainConfig
+from torch import nn
+
+from pretrain.config import PretrainConfig, TrainConfig
+from pretrain.moco import MoCo, MoCoV1Config
 from pretrain.registry import lookup
+from pretrain.simclr import SimCLR, SimCLRConfig
+from pretrain.swav import SwAV, SwAVConfig
 
 # "random": no pretraining, the backbone at its seeded initialisation (the paper's Rand. init. rows); it takes
 # MoCo-v2's config so that profiles (arch, seed) apply to it unchanged, and ignores the training fields.
-METHODS: dict[str, type] = {"mocov2": PretrainConfig, "random": PretrainConfig}
+METHODS: dict[str, type[TrainConfig]] = {
+    "mocov2": PretrainConfig,
+    "mocov1": MoCoV1Config,
+    "simclr": SimCLRConfig,
+    "swav": SwAVConfig,
+    "random": PretrainConfig,
+}
+# config class -> (its method section, the module built from that section)
+MODULES: dict[type[TrainConfig], tuple[str, type[nn.Module]]] = {
+    PretrainConfig: ("moco", MoCo),
+    SimCLRConfig: ("simclr", SimCLR),
+    SwAVConfig: ("swav", SwAV),
+}
+SECTIONS = frozenset(section for section, _ in MODULES.values())
 
 # Dotted config fields per variant (paper sections / Appalaraju et al. tables).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -43,8 +70,51 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def method_defaults(name: str) -> dict[str, Any]:
-    """The method's full config at the paper's values, as nested dicts."""
+    """The method's full config at its published values, as nested dicts."""
     return lookup(METHODS, name, "method")().to_dict()
+
+
+def method_config(name: str, d: dict[str, Any]) -> TrainConfig:
+    """The named method's config from (nested or dotted) fields; unknown keys fail."""
+    return lookup(METHODS, name, "method").from_dict(d)
+
+
+def own_fields(name: str, layer: dict[str, Any]) -> dict[str, Any]:
+    """`layer` (nested or dotted keys) without the sections of the other methods."""
+    mine = {f.name for f in fields(lookup(METHODS, name, "method"))}
+    return {
+        k: v for k, v in layer.items() if k.split(".")[0] in mine or k.split(".")[0] not in SECTIONS
+    }
+
+
+def _module_entry(cfg: TrainConfig) -> tuple[str, type[nn.Module]]:
+    for cls in type(cfg).__mro__:  # MoCo v1's config is a PretrainConfig
+        if cls in MODULES:
+            return MODULES[cls]
+    raise TypeError(f"{type(cfg).__name__} is no registered method's config")
+
+
+def section(cfg: TrainConfig) -> Any:
+    """The method section of `cfg` (cfg.moco, cfg.simclr, ...): it names the backbone (arch)."""
+    return getattr(cfg, _module_entry(cfg)[0])
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """The method's module (forward = loss), built from its section."""
+    return _module_entry(cfg)[1](section(cfg))
+
+
+def forward_flags(cfg: TrainConfig, epoch: int) -> dict[str, Any]:
+    """The per-epoch switches of the module's forward: MoCo's kNN warm-up (knn), the epoch for
+    SimCLR and SwAV (prototype freezing, queue start)."""
+    if isinstance(cfg, PretrainConfig):
+        return {"knn": epoch >= cfg.moco.knn_warmup}
+    return {"epoch": epoch}
+
+
+def frozen_parameters(model: nn.Module, epoch: int) -> list[nn.Parameter]:
+    """Parameters that take no optimiser step in `epoch` (SwAV's prototypes, first epoch)."""
+    return model.frozen_parameters(epoch) if isinstance(model, SwAV) else []
 
 
 def variant(*names: str) -> dict[str, Any]:

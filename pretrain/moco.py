@@ -16,6 +16,7 @@ what one process computes with split BN over W interleaved sub-batches (MoCo CIF
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.backbones import build_backbone
-from pretrain.config import MoCoConfig
+from pretrain.config import AugConfig, MoCoConfig, PretrainConfig
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
@@ -216,3 +217,19 @@ class MoCo(nn.Module):
         if hasattr(self, "queue_g") and k_g is not None:
             self.queue_g[ptr : ptr + n] = k_g.to(self.queue_g.dtype)
         self.queue_ptr.fill_((ptr + n) % size)
+
+
+@dataclass
+class MoCoV1Config(PretrainConfig):
+    """MoCo v1 (He et al. 2020, Sec. 3.3 and 4.1; facebookresearch/moco `main_moco.py` without
+    --mlp/--aug-plus/--cos): a linear 128-d head (no MLP), tau 0.07, K 65536, m 0.999, lr 0.03 at
+    batch 256, weight decay 1e-4, 200 epochs; augmentation: crop scale (0.2, 1), grayscale p 0.2,
+    colour jitter (0.4, 0.4, 0.4, 0.4) always applied, flip, no blur. Departures, named: lr x0.1
+    at epochs 120 and 160 becomes the harness's cosine; jitter runs before grayscale (v1: after)."""
+
+    moco: MoCoConfig = field(default_factory=lambda: MoCoConfig(head="linear", tau=0.07))
+    aug: AugConfig = field(
+        default_factory=lambda: AugConfig(jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, blur_p=0.0)
+    )
+    lr: float = 0.03
+    epochs: int = 200
