@@ -19,20 +19,22 @@ def test_fig1_from_the_training_crop_sampler(tmp_path):
     assert (data.groupby("row")["count"].sum() == 100_000).all()
     cells = pd.read_csv(tmp_path / "fig1.csv").pivot(index="row", columns="column", values="value")
     # SimCLR's smaller minimum scale gives more disjoint and low-overlap pairs (the paper's point)
-    assert cells.loc["SimCLR (0.08-1)", "No overlap (%)"] > cells.loc["MoCo (0.2-1)", "No overlap (%)"]
-    assert cells.loc["SimCLR (0.08-1)", "Mean IoU"] < cells.loc["MoCo (0.2-1)", "Mean IoU"]
+    simclr, moco = cells.loc["SimCLR (0.08-1)"], cells.loc["MoCo (0.2-1)"]
+    assert simclr["No overlap (%)"] > moco["No overlap (%)"]
+    assert simclr["Mean IoU"] < moco["Mean IoU"]
     again = cli("table", "fig1", "--results", tmp_path)
     assert "MoCo (0.2-1)" in again.stdout
 
 
 def test_fig3_loss_curves_and_fig2_lines_share_pretraining(tmp_path):
     rows = "none,IoU < 0.5"
-    cli("run", "fig3", "--profile", "smoke", "--results", tmp_path, "--rows", rows)
+    smoke = ("--profile", "smoke", "--results", tmp_path, "--rows", rows)
+    cli("run", "fig3", *smoke)
     curves = pd.read_csv(tmp_path / "fig3_data.csv")
     assert set(curves["row"]) == {"none", "IoU < 0.5"}
     assert curves["loss"].notna().all() and (curves["loss"] > 0).all()
     assert (tmp_path / "fig3.png").stat().st_size > 10_000
-    out = cli("run", "fig2", "--profile", "smoke", "--results", tmp_path, "--rows", rows, "--columns", "VOC SVM")
+    out = cli("run", "fig2", *smoke, "--columns", "VOC SVM")
     assert "4 jobs (2 cached, 2 to run)" in out.stderr  # fig2's pretraining jobs are fig3's
     lines = pd.read_csv(tmp_path / "fig2_data.csv")
     assert sorted(lines["x"]) == [0.5, 1.0] and lines["value"].between(0, 100).all()
