@@ -55,7 +55,10 @@ def step_time(fields: dict, steps: int, device: torch.device) -> dict:
         if i:
             times.append(time.perf_counter() - start)
             aug_times.append(mid - start)
-    return {"step_s": sorted(times)[len(times) // 2], "augment_s": sorted(aug_times)[len(times) // 2]}
+    return {
+        "step_s": sorted(times)[len(times) // 2],
+        "augment_s": sorted(aug_times)[len(times) // 2],
+    }
 
 
 def main() -> None:
@@ -70,11 +73,19 @@ def main() -> None:
     for name, names in ROWS.items():
         rows[name] = step_time(variant(*names), args.steps, device)
         rows[name]["relative"] = rows[name]["step_s"] / rows["plain"]["step_s"]
-        print(f"{name:24s} {rows[name]['step_s']:.3f} s/step ({rows[name]['relative']:.2f}x), "
-              f"augment {rows[name]['augment_s']:.3f} s", flush=True)
+        print(
+            f"{name:24s} {rows[name]['step_s']:.3f} s/step ({rows[name]['relative']:.2f}x), "
+            f"augment {rows[name]['augment_s']:.3f} s",
+            flush=True,
+        )
     out = Path(__file__).parent / "results" / "pretrain_variants.json"
-    meta = {"device": str(device), "threads": args.threads, "steps": args.steps,
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__}
+    meta = {
+        "device": str(device),
+        "threads": args.threads,
+        "steps": args.steps,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {out}")
 

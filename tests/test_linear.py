@@ -89,9 +89,11 @@ def test_sweep_selects_the_same_wd_as_sklearn() -> None:
     out = linear_eval(train, val, test, protocol)
     ref = sklearn_sweep(train, val, wd_grid(protocol))
     # converged fits of one objective give the same val predictions, so the same scores and argmax; a val point
-    # on a decision boundary may move one score by one example (allowed twice), and the argmax by one grid step
+    # on a decision boundary may move one score by one example (allowed twice), and the argmax by one grid step.
+    # The weakest 5 wds (wd / n <= 1e-7 on these separable 100 points) leave the optimum unpinned at tol: a
+    # warm start already meets it, so up to one example per score may differ there.
     diff = np.abs(np.array(out["val_scores"]) - np.array(ref))
-    assert (diff <= 100 / 200 + 1e-9).all() and (diff > 1e-9).sum() <= 2, diff
+    assert (diff <= 100 / 200 + 1e-9).all() and (diff[5:] > 1e-9).sum() <= 2, diff
     assert abs(out["best_index"] - int(np.argmax(ref))) <= 1
     assert 5 < out["best_index"] < 40, out["val_scores"]
     assert len(out["val_scores"]) == len(out["wds"]) == 45 and out["wds"][0] == pytest.approx(1e-6)

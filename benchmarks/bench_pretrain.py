@@ -1,0 +1,210 @@
+"""Pretraining throughput: the harness's MoCo-v2 step against the official MoCo code's way of doing it.
+
+Reference (facebookresearch/moco main_moco.py, aug+): per-image torchvision transforms on PIL images in
+DataLoader workers (RandomResizedCrop(scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, Grayscale p=0.2,
+GaussianBlur(sigma 0.1-2) p=0.5, HFlip, ToTensor, Normalize), fp32, default memory format; multi-crop adds
+small RandomResizedCrops with the same colour pipeline (SwAV's way). Harness: `pretrain.train.pretrain` itself
+(batched augmentation with per-sample parameters, then the same MoCo model), fp32 and bf16 autocast.
+Both train the same `pretrain.moco.MoCo` (ResNet-18) with the same SGD, resolution, batch and torch threads.
+A figure is images (anchors) per second over one epoch of `steps` steps, warm-up and loader start included.
+bf16 changes numerics: the same seeded run (same batches, same augmentations) in fp32 and bf16 must keep its
+per-epoch loss within `--loss-tol` (relative) of fp32.
+
+python benchmarks/bench_pretrain.py [--quick] [--threads 2] [--workers 2] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision.transforms as T
+from PIL import Image, ImageFilter
+
+from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.config import PretrainConfig
+from pretrain.moco import MoCo
+from pretrain.train import pretrain
+
+sys.path.insert(0, str(Path(__file__).parent))
+from record import RESULTS, table, write  # noqa: E402
+
+FULL = {
+    "size": 64,
+    "image": 96,
+    "batch": 128,
+    "queue": 4096,
+    "steps": 8,
+    "check_epochs": 3,
+    "check_steps": 4,
+}
+QUICK = {
+    "size": 32,
+    "image": 40,
+    "batch": 16,
+    "queue": 64,
+    "steps": 2,
+    "check_epochs": 2,
+    "check_steps": 1,
+}
+N_SMALL = 4  # multi-crop: the paper's 4 small crops (pretrain/methods.py "mc")
+
+
+def images(n: int, side: int, seed: int = 0) -> torch.Tensor:
+    """n smooth random uint8 images (n, 3, side, side): low-frequency colour fields, so crops, jitter and
+    blur do real work (content does not change the cost of a step)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, side // 8, side // 8, generator=g)
+    return (
+        (torch.nn.functional.interpolate(coarse, size=side, mode="bicubic") * 255)
+        .clamp(0, 255)
+        .byte()
+    )
+
+
+def config(
+    s: dict, threads: int, precision: str, multicrop: bool, epochs: int = 1
+) -> PretrainConfig:
+    """The harness config of one run (tiny profile's lr, plain MoCo-v2 or multi-crop)."""
+    return PretrainConfig.from_dict(
+        {
+            "moco": {"arch": "resnet18", "queue_size": s["queue"], "knn_warmup": 0},
+            "aug": {"size": s["size"], "n_small": N_SMALL if multicrop else 0},
+            "epochs": epochs,
+            "batch_size": s["batch"],
+            "lr": 0.03,
+            "precision": precision,
+            "device": "cpu",
+            "threads": threads,
+        }
+    )
+
+
+# ----------------------------------------------------------------------------- the reference
+
+
+class GaussianBlur:
+    """main_moco.py's blur: PIL GaussianBlur with sigma uniform in [0.1, 2]."""
+
+    def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)) -> None:
+        self.sigma = sigma
+
+    def __call__(self, x: Image.Image) -> Image.Image:
+        return x.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+
+def aug_plus(size: int, scale: tuple[float, float]) -> T.Compose:
+    """main_moco.py's augmentation (aug+), at `size` px and crop `scale`."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=scale),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([GaussianBlur()], p=0.5),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+class Views(torch.utils.data.Dataset):
+    """main_moco.py's TwoCropsTransform over PIL images (plus small crops for multi-crop): a list of views."""
+
+    def __init__(self, pil: list[Image.Image], cfg: PretrainConfig) -> None:
+        self.pil, self.n_small = pil, cfg.aug.n_small
+        self.large = aug_plus(cfg.aug.size, cfg.aug.crop_scale)
+        self.small = aug_plus(cfg.aug.small_side, cfg.aug.small_scale)
+
+    def __len__(self) -> int:
+        return len(self.pil)
+
+    def __getitem__(self, i: int) -> list[torch.Tensor]:
+        image = self.pil[i]
+        return [self.large(image), self.large(image)] + [
+            self.small(image) for _ in range(self.n_small)
+        ]
+
+
+def reference_epoch(cfg: PretrainConfig, data: torch.Tensor, workers: int) -> float:
+    """Images per second of one epoch of the official-style loop (fp32, per-image PIL aug in workers)."""
+    torch.manual_seed(cfg.seed)
+    model = MoCo(cfg.moco)
+    opt = torch.optim.SGD(model.query_parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
+                          weight_decay=cfg.weight_decay)  # fmt: skip
+    pil = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in data]
+    loader = torch.utils.data.DataLoader(Views(pil, cfg), batch_size=cfg.batch_size, shuffle=True,
+                                         num_workers=workers, drop_last=True)  # fmt: skip
+    start = time.perf_counter()
+    for views in loader:
+        anchor, positive, small = views[0], views[1], views[2:]
+        positives = [positive, torch.cat(small)] if small else [positive]  # small crops crop-major
+        loss = model(anchor, positives)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return len(loader) * cfg.batch_size / (time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- the harness
+
+
+def harness_run(cfg: PretrainConfig, data: torch.Tensor) -> dict:
+    """pretrain.train.pretrain on the uint8 tensor, in a throwaway workdir."""
+    with tempfile.TemporaryDirectory() as workdir:
+        return pretrain(cfg, data, Path(workdir))
+
+
+def bf16_check(s: dict, threads: int, tol: float) -> dict:
+    """The same seeded run in fp32 and bf16: per-epoch mean losses and their largest relative gap."""
+    data = images(s["check_steps"] * s["batch"], s["image"], seed=1)
+    curves = {
+        p: harness_run(config(s, threads, p, False, s["check_epochs"]), data)["loss_history"]
+        for p in ("fp32", "bf16")
+    }
+    gap = max(abs(a - b) / abs(a) for a, b in zip(curves["fp32"], curves["bf16"]))
+    return {"loss_fp32": curves["fp32"], "loss_bf16": curves["bf16"], "max_rel_gap": gap,
+            "tolerance": tol, "within_tolerance": gap <= tol}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="reduced size, seconds")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="folder of the JSON (default benchmarks/results)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
+    parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
+    parser.add_argument("--loss-tol", type=float, default=0.02, help="bf16 vs fp32, relative")
+    args = parser.parse_args(argv)
+    s = QUICK if args.quick else FULL
+    torch.set_num_threads(args.threads)
+    data = images(s["steps"] * s["batch"], s["image"])
+    figures, rows = {}, []
+    for name, multicrop in (("mocov2", False), ("multicrop", True)):
+        ref = reference_epoch(config(s, args.threads, "fp32", multicrop), data, args.workers)
+        fp32 = harness_run(config(s, args.threads, "fp32", multicrop), data)["images_per_s"]
+        bf16 = harness_run(config(s, args.threads, "bf16", multicrop), data)["images_per_s"]
+        figures[name] = {"reference_fp32_img_s": ref, "harness_fp32_img_s": fp32, "harness_bf16_img_s": bf16,
+                         "speedup_fp32": fp32 / ref, "speedup_bf16": bf16 / ref}  # fmt: skip
+        rows += [(name, "reference (PIL, workers, fp32)", ref, 1.0),
+                 (name, "harness fp32", fp32, fp32 / ref), (name, "harness bf16", bf16, bf16 / ref)]  # fmt: skip
+    figures["bf16_numerics"] = bf16_check(s, args.threads, args.loss_tol)
+    table(rows, ("variant", "loop", "img/s", "x reference"))
+    check = figures["bf16_numerics"]
+    print(
+        f"bf16 vs fp32 loss: max relative gap {check['max_rel_gap']:.4f} (tolerance {args.loss_tol})"
+    )
+    settings = {**s, "n_small": N_SMALL, "arch": "resnet18", "threads": args.threads, "workers": args.workers,
+                "quick": args.quick}  # fmt: skip
+    write("bench_pretrain", settings, figures, args.out)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
