@@ -9,4 +9,9 @@ if ! "$PY" -c "import torch, torchvision, submitit, pandas, sklearn, yaml, pytes
   "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -r requirements.txt
   "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps --no-build-isolation -e .
 fi
+# The report's tests: headless Chromium renders report.html; pdflatex compiles the booktabs tables (Debian packages,
+# ~550 MB, ~1 min once; nothing when present).
+if ! command -v chromium >/dev/null || ! kpsewhich booktabs.sty >/dev/null 2>&1; then
+  apt-get install -y -q --no-install-recommends chromium texlive-latex-base texlive-latex-recommended >/dev/null
+fi
 "$PY" -c "import torch; print(f'setup ok: torch {torch.__version__}, {torch.get_num_threads()} threads')"

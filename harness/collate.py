@@ -5,7 +5,7 @@ Reads only the store: a table regenerates on any machine that has the results di
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,49 @@ class Collated:
     status: pd.DataFrame  # rows x columns: done | failed | missing
     paper: pd.DataFrame  # rows x columns, the published values (None where the paper has none)
     decimals: dict[str, int]  # per column, as many decimals as the paper prints
+    # (row, column) -> the value of each finished seed; `measured` is their mean
+    samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    @property
+    def n(self) -> pd.DataFrame:
+        """Finished seeds per cell."""
+        return self._per_cell(len, 0)
+
+    @property
+    def std(self) -> pd.DataFrame:
+        """Sample standard deviation over seeds (NaN below two)."""
+        return self._per_cell(lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else np.nan, np.nan)
+
+    @property
+    def seeds(self) -> int:
+        return self.plan.table.seeds
+
+    @property
+    def significant(self) -> pd.DataFrame | None:
+        """Whether each row's delta against the baseline has a Welch interval excluding zero (None: too few seeds)."""
+        baseline = self.plan.table.baseline
+        if baseline is None or baseline not in self.measured.index:
+            return None
+        out = pd.DataFrame(
+            None, index=self.measured.index, columns=self.measured.columns, dtype=object
+        )
+        for row in self.measured.index:
+            for column in self.measured.columns:
+                a, b = self.samples.get((row, column), []), self.samples.get((baseline, column), [])
+                interval = welch_interval(a, b) if row != baseline else None
+                out.at[row, column] = (
+                    None if interval is None else not interval[0] <= 0 <= interval[1]
+                )
+        return out
+
+    def _per_cell(self, fn, empty) -> pd.DataFrame:
+        out = pd.DataFrame(
+            empty, index=self.measured.index, columns=self.measured.columns, dtype=float
+        )
+        for (row, column), values in self.samples.items():
+            if row in out.index and column in out.columns:
+                out.at[row, column] = fn(values)
+        return out
 
     @property
     def delta(self) -> pd.DataFrame | None:
@@ -38,6 +81,7 @@ def collate(plan: Plan, store: Store) -> Collated:
     table = plan.table
     rows, columns = list(table.rows), table.columns
     paper = pd.DataFrame([table.paper.get(r, [None] * len(columns)) for r in rows], rows, columns)
+    samples: dict = {}
     if table.kind == "datasets":
         measured, status = _collate_datasets(plan, store, rows, columns)
     elif table.kind == "cropstats":
@@ -48,16 +92,44 @@ def collate(plan: Plan, store: Store) -> Collated:
         for row in rows:
             for column in columns:
                 if not table.evaluated(row, column):
-                    status.loc[row, column] = NOT_EVALUATED
-        for (row, column), key in plan.cells.items():
-            job = plan.jobs[key]
-            result = store.result(job)
-            if result is not None:
-                field = table.column_specs[column].get("value", "value")  # e.g. Table 5's j_mean / f_mean
-                measured.loc[row, column] = result[field]
-            status.loc[row, column] = _state(store, job, result)
+                    status.at[row, column] = NOT_EVALUATED
+        samples = _collate_seeds(plan, store, measured, status)
     decimals = {c: _decimals(paper[c]) or _measured_decimals(measured[c]) for c in columns}
-    return Collated(plan, measured, status, paper, decimals)
+    return Collated(plan, measured, status, paper, decimals, samples)
+
+
+def _collate_seeds(plan: Plan, store: Store, measured: pd.DataFrame, status: pd.DataFrame) -> dict:
+    """Fill each cell with the mean over its finished seeds; its status is seed 0's unless some seed finished."""
+    samples = {}
+    for (row, column), keys in plan.replicates.items():
+        field_name = plan.table.column_specs[column].get(
+            "value", "value"
+        )  # e.g. Table 5's j_mean / f_mean
+        results = [store.result(plan.jobs[key]) for key in keys]
+        values = [float(r[field_name]) for r in results if r is not None]
+        samples[(row, column)] = values
+        if values:
+            measured.at[row, column] = float(np.mean(values))
+        status.at[row, column] = DONE if values else _state(store, plan.jobs[keys[0]], None)
+    return samples
+
+
+def welch_interval(
+    a: list[float], b: list[float], level: float = 0.95
+) -> tuple[float, float] | None:
+    """Welch's t-interval for mean(a) - mean(b) (unequal variances); None with fewer than 2 values a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+
+    diff = float(np.mean(a) - np.mean(b))
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    se = float(np.sqrt(va + vb))
+    if se == 0:
+        return diff, diff
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return diff - half, diff + half
 
 
 def _collate_datasets(plan: Plan, store: Store, rows: list[str], columns: list[str]):

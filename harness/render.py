@@ -8,6 +8,7 @@ marked, never left blank.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -16,10 +17,24 @@ from harness.collate import MISSING, NOT_EVALUATED, Collated
 from harness.store import DONE
 
 FORMATS = ("md", "tex", "csv")
-MARKS = {MISSING: "—", NOT_EVALUATED: "-", "failed": "failed", "running": "running", "blocked": "blocked"}
+MARKS = {
+    MISSING: "—",
+    NOT_EVALUATED: "-",
+    "failed": "failed",
+    "running": "running",
+    "blocked": "blocked",
+}
 
 
-def cell(value, delta, decimals: int, status: str = DONE, is_baseline: bool = False) -> str:
+def cell(
+    value,
+    delta,
+    decimals: int,
+    status: str = DONE,
+    is_baseline: bool = False,
+    spread: Spread | None = None,
+) -> str:
+    """``77.4 (-5.7)``; over seeds ``77.4 ± 0.3 (-5.7)*`` (* the delta's interval excludes zero)."""
     if status != DONE:
         return MARKS.get(status, status)
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -27,9 +42,32 @@ def cell(value, delta, decimals: int, status: str = DONE, is_baseline: bool = Fa
     if not isinstance(value, (int, float)):
         return str(value)
     text = f"{value:.{decimals}f}" if isinstance(value, float) else str(value)
+    if spread is not None and spread.n > 1:
+        text += f" ± {spread.std:.{decimals}f}"
     if delta is not None and not is_baseline and not math.isnan(delta):
-        text += f" ({delta:+.{decimals}f})"
+        text += f" ({delta:+.{decimals}f})" + (
+            "*" if spread is not None and spread.significant else ""
+        )
+    if spread is not None and spread.n < spread.seeds:
+        text += f" [n={spread.n}]"
     return text
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A cell's spread over seeds: std, how many finished of how many asked, whether its delta is significant."""
+
+    std: float
+    n: int
+    seeds: int
+    significant: bool | None
+
+
+def seeds_note(c: Collated) -> str:
+    if c.seeds == 1:
+        return ""
+    return (f"; mean ± std over {c.seeds} seeds ([n=k]: only k finished); * the delta's 95% Welch "
+            "t-interval against the baseline excludes zero")  # fmt: skip
 
 
 def grid(c: Collated, which: str) -> pd.DataFrame:
@@ -38,22 +76,36 @@ def grid(c: Collated, which: str) -> pd.DataFrame:
     delta = c.delta if which == "measured" else c.paper_delta
     baseline = c.plan.table.baseline
     out = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    spread = _spreads(c) if which == "measured" and c.seeds > 1 else None
     for row in frame.index:
         for column in frame.columns:
-            d = None if delta is None else delta.loc[row, column]
-            status = c.status.loc[row, column]
+            d = None if delta is None else delta.at[row, column]
+            status = c.status.at[row, column]
             if which == "paper" and status != NOT_EVALUATED:
                 status = DONE
-            out.loc[row, column] = cell(
-                frame.loc[row, column], d, c.decimals[column], status, row == baseline
-            )
+            out.at[row, column] = cell(
+                frame.at[row, column], d, c.decimals[column], status, row == baseline,
+                None if spread is None else spread[(row, column)],
+            )  # fmt: skip
     return out
+
+
+def _spreads(c: Collated) -> dict[tuple[str, str], Spread]:
+    std, n, sig = c.std, c.n, c.significant
+    return {
+        (row, column): Spread(
+            std.at[row, column], int(n.at[row, column]), c.seeds,
+            None if sig is None else sig.at[row, column],
+        )  # fmt: skip
+        for row in c.measured.index
+        for column in c.measured.columns
+    }
 
 
 def header(c: Collated) -> tuple[str, str]:
     table, profile = c.plan.table, c.plan.profile
     title = f"{table.name}: {table.title}"
-    note = f"profile {profile.name} ({profile.description})"
+    note = f"profile {profile.name} ({profile.description})" + seeds_note(c)
     if c.plan.overrides:
         note += "; overrides " + ", ".join(f"{k}={v}" for k, v in c.plan.overrides.items())
     return title, note
@@ -64,7 +116,12 @@ def to_markdown(c: Collated) -> str:
     label = "Pretrain Data"
     parts = [f"## {title}", "", f"Measured, {note}:", "", _md(grid(c, "measured"), label), ""]
     if c.plan.table.paper:
-        parts += [f"Paper (published, {c.plan.table.source}):", "", _md(grid(c, "paper"), label), ""]
+        parts += [
+            f"Paper (published, {c.plan.table.source}):",
+            "",
+            _md(grid(c, "paper"), label),
+            "",
+        ]
     return "\n".join(parts)
 
 
@@ -78,7 +135,10 @@ def _md(frame: pd.DataFrame, label: str) -> str:
 
 def to_latex(c: Collated) -> str:
     title, note = header(c)
-    blocks = [f"% {title}\n% {note}", _tex(grid(c, "measured"), f"Measured ({c.plan.profile.name})")]
+    blocks = [
+        f"% {title}\n% {note}",
+        _tex(grid(c, "measured"), f"Measured ({c.plan.profile.name})"),
+    ]
     if c.plan.table.paper:
         blocks.append(_tex(grid(c, "paper"), "Paper"))
     return "\n\n".join(blocks) + "\n"
@@ -99,8 +159,9 @@ def _tex(frame: pd.DataFrame, caption: str) -> str:
 
 
 def _tex_cell(text: str) -> str:
+    """The paper's notation: the delta in small type after the value; ± as $\\pm$."""
     value, sep, delta = text.partition(" (")
-    value = _esc(value).replace("—", "--")
+    value = _esc(value).replace("—", "--").replace("±", "$\\pm$")
     return f"{value} {{\\scriptsize ({_esc(delta)}}}" if sep else value
 
 
@@ -114,17 +175,20 @@ def to_csv(c: Collated) -> str:
     """Long format: one line per cell, measured and paper side by side, with status and job key."""
     records = []
     delta, paper_delta = c.delta, c.paper_delta
+    std, n = (c.std, c.n) if c.samples else (None, None)  # once: each is a whole frame
     for row in c.measured.index:
         for column in c.measured.columns:
             key = c.plan.cells.get((row, column)) or c.plan.rows.get(row)
             records.append({
                 "table": c.plan.table.name, "profile": c.plan.profile.name,
                 "row": row, "column": column,
-                "value": c.measured.loc[row, column],
-                "delta": None if delta is None else delta.loc[row, column],
-                "status": c.status.loc[row, column],
-                "paper": c.paper.loc[row, column],
-                "paper_delta": None if paper_delta is None else paper_delta.loc[row, column],
+                "value": c.measured.at[row, column],
+                "delta": None if delta is None else delta.at[row, column],
+                "status": c.status.at[row, column],
+                "std": None if std is None else std.at[row, column],
+                "n": None if n is None else int(n.at[row, column]),
+                "paper": c.paper.at[row, column],
+                "paper_delta": None if paper_delta is None else paper_delta.at[row, column],
                 "job": key,
             })  # fmt: skip
     return pd.DataFrame.from_records(records).to_csv(index=False)
