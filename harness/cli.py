@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,13 +19,24 @@ from pathlib import Path
 import yaml
 
 from harness.collate import collate
-from harness.errors import HarnessError
+from harness.errors import HarnessError, unknown
 from harness.figures import write_figures
 from harness.executors import EXECUTORS, CLUSTER_PROFILES, make_executor
-from harness.planner import Plan, plan
+from harness.planner import Plan, merge, plan
+from harness.report import render_all, write_report
 from harness.progress import Reporter
 from harness.render import FORMATS, RENDERERS, write_all
-from harness.spec import list_profiles, list_tables, load_profile, load_table, parse_overrides
+from harness.spec import (
+    check_job_spec,
+    list_profiles,
+    list_tables,
+    load_profile,
+    load_table,
+    parse_overrides,
+    split_sweeps,
+    sweep_table,
+    with_seeds,
+)
 from harness.status import print_status
 from harness.store import Store
 
@@ -55,8 +67,7 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="plan, run and collate one table")
     _table_args(run)
-    run.add_argument("--executor", default="local", choices=EXECUTORS)
-    run.add_argument("--cluster", default="local", help="SLURM cluster profile in slurm/profiles/")
+    executor_args(run)
     run.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
     run.set_defaults(func=cmd_run)
 
@@ -66,12 +77,49 @@ def parser() -> argparse.ArgumentParser:
 
     table = sub.add_parser("table", help="render a table from the store alone, running nothing")
     _table_args(table)
-    table.add_argument("--format", default="md", choices=FORMATS)
+    table.add_argument("--format", default="md", type=choice("format", FORMATS),
+                       help=", ".join(FORMATS))  # fmt: skip
     table.set_defaults(func=cmd_table)
+
+    report = sub.add_parser("report", help="results/report.html and .md: every table, figure and claim")
+    report.add_argument("--profile", default="tiny", help="smoke, tiny (default) or paper")
+    report.add_argument("--results", default="results", help="results directory (default ./results)")
+    report.add_argument("--seeds", type=int, default=None, help="pretraining runs per row")
+    report.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("ls", help="list tables, datasets, methods, tasks, profiles, executors")
     ls.set_defaults(func=cmd_ls)
+
+    bench = sub.add_parser("bench", help="benchmarks/ against the reference code (JSON in benchmarks/results)")
+    bench.add_argument("which", nargs="?", default="all", type=choice("benchmark", BENCHMARKS),
+                       help=", ".join(BENCHMARKS))  # fmt: skip
+    bench.add_argument("--quick", action="store_true", help="reduced sizes: seconds, not minutes")
+    bench.set_defaults(func=cmd_bench)
+
+    from harness.commands import add_commands  # imported here: harness.commands builds on this module
+
+    add_commands(sub)
     return p
+
+
+def executor_args(p: argparse.ArgumentParser) -> None:
+    """Flags of every command that runs jobs (run, retry)."""
+    p.add_argument("--executor", default="local", type=choice("executor", EXECUTORS),
+                   help=" or ".join(EXECUTORS))  # fmt: skip
+    p.add_argument("--cluster", default="local", help="SLURM cluster profile in slurm/profiles/")
+    p.add_argument("--min-free-gb", type=float, default=MIN_FREE_GB,
+                   help=f"least free space in --results to start (default {MIN_FREE_GB})")  # fmt: skip
+
+
+def choice(what: str, valid: tuple[str, ...]):
+    """An argparse type for a name from `valid`: a typo names the closest one (choices= does not)."""
+
+    def check(name: str) -> str:
+        if name not in valid:
+            raise argparse.ArgumentTypeError(str(unknown(what, name, valid)))
+        return name
+
+    return check
 
 
 def _table_args(p: argparse.ArgumentParser, table_required: bool = True) -> None:
@@ -79,6 +127,7 @@ def _table_args(p: argparse.ArgumentParser, table_required: bool = True) -> None
     p.add_argument("overrides", nargs="*", help="key=value, e.g. pretrain.epochs=5")
     p.add_argument("--profile", default="tiny", help="smoke, tiny (default) or paper")
     p.add_argument("--results", default="results", help="results directory (default ./results)")
+    p.add_argument("--seeds", type=int, default=None, help="pretraining runs per row (default: the spec's)")
     p.add_argument("--data-root", action="append", default=[], metavar="NAME=PATH",
                    help="root of a real dataset, e.g. coco=/data/coco (paper profile)")  # fmt: skip
     p.add_argument("--data-config", default=None,
@@ -88,15 +137,23 @@ def _table_args(p: argparse.ArgumentParser, table_required: bool = True) -> None
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
+    if args.table == "all":  # every table and figure as one plan: a job two tables share runs once
+        tables = [argparse.Namespace(**{**vars(args), "table": name}) for name in list_tables()]
+        return merge([make_plan(one) for one in tables])
     table = load_table(args.table)
     if getattr(args, "rows", None) or getattr(args, "columns", None):
         split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
         table = table.select(split(args.rows), split(args.columns))
     profile = load_profile(args.profile)
+    overrides, grid = split_sweeps(parse_overrides(args.overrides))
+    table = with_seeds(sweep_table(table, grid) if grid else table, getattr(args, "seeds", None))
     try:
-        return plan(table, profile, parse_overrides(args.overrides))
+        the_plan = plan(table, profile, overrides)
     except ValueError as err:  # unknown dataset/method/task names from the registries
         raise HarnessError(str(err)) from err
+    for job in the_plan.jobs.values():  # bad values fail here, before any job runs
+        check_job_spec(job.kind, job.spec, job.name)
+    return the_plan
 
 
 def dataset_roots(args: argparse.Namespace) -> dict[str, str]:
@@ -126,22 +183,37 @@ def open_store(results: str) -> Store:
     return Store(root)
 
 
+MIN_FREE_GB = 1.0  # checkpoints, features and logs of a run; paper-size runs need far more
+
+
+def check_free_space(root: Path, min_free_gb: float) -> None:
+    """Refuse to start a run on a (nearly) full disk: jobs would fail midway, one after another."""
+    free_gb = shutil.disk_usage(root).free / 1e9
+    if free_gb < min_free_gb:
+        raise HarnessError(
+            f"results directory {root} has {free_gb:.2f} GB free, less than the {min_free_gb:g} GB "
+            "a run needs: free some space, choose another --results, or lower --min-free-gb"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     the_plan = make_plan(args)
     store = open_store(args.results)
     cached = sum(store.is_done(job) for job in the_plan.jobs.values())
     total = len(the_plan.jobs)
-    print(f"{the_plan.table.name} · profile {the_plan.profile.name} · {total} jobs "
+    shared = f", {sum(len(p.jobs) for p in the_plan.parts)} summed over tables" if the_plan.parts else ""
+    print(f"{the_plan.table.name} · profile {the_plan.profile.name} · {total} jobs{shared} "
           f"({cached} cached, {total - cached} to run) · results {store.root}", file=sys.stderr)  # fmt: skip
     if args.dry_run:
         print_plan(the_plan, store)
         return 0
+    check_free_space(store.root, args.min_free_gb)
     executor = make_executor(args.executor, args.cluster, dataset_roots(args))
     started = time.time()
     outcome = executor.run(the_plan, store, Reporter(total))
-    collated = collate(the_plan, store)
-    paths = write_all(collated, store.root) + write_figures(collated, store)
-    print(RENDERERS["md"](collated))
+    collated = [collate(part, store) for part in the_plan.parts or [the_plan]]
+    paths = render_all(collated, store) + (write_report(store, collated) if the_plan.parts else [])
+    print("\n".join(RENDERERS["md"](c) for c in collated))
     failed, blocked = outcome.count("failed"), outcome.count("blocked")
     print(f"{total} jobs: {outcome.cached} cached, {outcome.ran} run, {failed} failed, {blocked} "
           f"blocked · {time.time() - started:.1f} s · wrote {', '.join(p.name for p in paths)}",
@@ -159,6 +231,18 @@ def print_plan(the_plan: Plan, store: Store) -> None:
         print(f"{job.short}  {job.kind:<9} {state:<7} {job.name}{deps}")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Collate every table and figure from the store (running nothing) and write the report."""
+    store = Store(args.results)
+    if not (store.root / "jobs").is_dir():
+        raise HarnessError(f"{store.root} holds no results: run `python -m harness run all` first (or pass --results)")
+    the_plan = make_plan(argparse.Namespace(table="all", overrides=[], profile=args.profile, seeds=args.seeds))
+    collated = [collate(part, store) for part in the_plan.parts]
+    paths = render_all(collated, store) + write_report(store, collated)
+    print(f"wrote {paths[-2]} and {paths[-1]}", file=sys.stderr)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     store = Store(args.results)
     jobs = list(make_plan(args).jobs.values()) if args.table else store.jobs()
@@ -174,6 +258,21 @@ def cmd_table(args: argparse.Namespace) -> int:
         write_all(collated, store.root)
         write_figures(collated, store)
     print(RENDERERS[args.format](collated))
+    return 0
+
+
+BENCHMARKS = ("pretrain", "linear", "orchestration", "all")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Runs benchmarks/bench_<which>.py, each in its own process (its threads never leak into the next)."""
+    import subprocess
+
+    names = BENCHMARKS[:-1] if args.which == "all" else (args.which,)
+    for name in names:
+        script = Path(__file__).resolve().parent.parent / "benchmarks" / f"bench_{name}.py"
+        if subprocess.run([sys.executable, str(script), *(["--quick"] if args.quick else [])]).returncode:
+            return 1
     return 0
 
 

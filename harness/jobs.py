@@ -70,13 +70,22 @@ class JobRunner(submitit.helpers.Checkpointable):
 
 
 def execute(ctx: JobContext) -> dict:
+    """Run the job under its claim: a second runner of the same job waits, then finds it done."""
     store, job = ctx.store, ctx.job
     for dep in job.deps:
         dep_job = store.load_job(dep)
         if not store.is_done(dep_job):
             raise RuntimeError(f"{job.name}: dependency '{dep_job.name}' ({dep[:12]}) is not done")
     ctx.workdir.mkdir(parents=True, exist_ok=True)
-    store.claim(job)
+    with store.claim(job):
+        if store.is_done(job):
+            return store.result(job)
+        return _execute_claimed(ctx)
+
+
+def _execute_claimed(ctx: JobContext) -> dict:
+    """Log, provenance, then result.json (atomically, only after success) or error.json."""
+    store, job = ctx.store, ctx.job
     handler = _attach_log(store.job_dir(job.key, job.kind) / "log.txt")
     started = time.time()
     prov_path = store.job_dir(job.key, job.kind) / "provenance.json"
@@ -90,6 +99,9 @@ def execute(ctx: JobContext) -> dict:
         store.write_result(job, result)
         log.info("done %s in %.1f s", job.name, result["wall_s"])
         return result
+    except SystemExit:  # submitit requeued the job (preemption, time limit): not a failure
+        log.warning("%s interrupted: requeued, it resumes from its last checkpoint", job.name)
+        raise
     except BaseException as err:
         store.write_error(job, {
             "error": f"{type(err).__name__}: {err}",
@@ -100,7 +112,6 @@ def execute(ctx: JobContext) -> dict:
         log.error("failed %s: %s", job.name, err)
         raise
     finally:
-        store.release(job)
         logging.getLogger().removeHandler(handler)
         handler.close()
 
@@ -127,32 +138,42 @@ def _setup_torch(spec: dict) -> str:
 
 
 def run_pretrain(ctx: JobContext) -> dict:
-    from pretrain.config import PretrainConfig
+    from pretrain.methods import method_config
     from pretrain.data import load_pretrain_images
     from pretrain.train import pretrain, random_init
 
     spec = dict(ctx.job.spec)
     _setup_torch(spec)
-    config = PretrainConfig.from_dict({k: v for k, v in spec.items() if k not in ("method", "data")})
+    config = method_config(
+        spec["method"], {k: v for k, v in spec.items() if k not in ("method", "data")}
+    )
     if spec["method"] == "random":
         summary = random_init(config, ctx.workdir)
     else:
         data = load_pretrain_images(spec["data"], ctx.store.cache / "biasworld", ctx.roots)
         summary = pretrain(config, data, ctx.workdir, progress=ctx.progress)
     summary["backbone"] = str(Path(summary["backbone"]).relative_to(ctx.workdir))
+    summary["backbones"] = {
+        e: str(Path(p).relative_to(ctx.workdir)) for e, p in summary["backbones"].items()
+    }
     return summary
 
 
 def run_transfer(ctx: JobContext) -> dict:
     from transfer.tasks import TaskContext, run_task
 
-    spec = ctx.job.spec
+    spec = dict(ctx.job.spec)
+    # an earlier backbone of the same pretraining (a table's checkpoints); None: the final one
+    epoch = spec.pop("checkpoint", None)
     device = _setup_torch(spec)
     source = ctx.store.load_job(ctx.job.deps[0])
     summary = ctx.store.result(source)
+    backbone = summary["backbone"] if epoch is None else _kept_backbone(source, summary, epoch)
     task_ctx = TaskContext(
-        backbone_path=ctx.store.job_dir(source.key, source.kind) / "work" / summary["backbone"],
-        source_key=source.key,
+        backbone_path=ctx.store.job_dir(source.key, source.kind) / "work" / backbone,
+        source_key=(
+            source.key if epoch is None else spec_hash({"source": source.key, "epoch": epoch})
+        ),
         cache_dir=ctx.store.cache,
         workdir=ctx.workdir,
         roots=dict(ctx.roots or {}),
@@ -160,6 +181,15 @@ def run_transfer(ctx: JobContext) -> dict:
         progress=ctx.progress,
     )
     return run_task(spec, task_ctx)
+
+
+def _kept_backbone(source: Job, summary: dict, epoch: int) -> str:
+    """The backbone the pretraining job saved after `epoch` (its spec's save_backbone_epochs)."""
+    kept = summary.get("backbones") or {}
+    if str(epoch) not in kept:
+        raise RuntimeError(f"pretraining job '{source.name}' ({source.short}) kept no backbone at epoch {epoch}; "
+                           f"it kept {sorted(kept, key=int)}: plan the table again (save_backbone_epochs)")  # fmt: skip
+    return kept[str(epoch)]
 
 
 def run_datastats(ctx: JobContext) -> dict:
@@ -175,7 +205,9 @@ def run_cropstats(ctx: JobContext) -> dict:
     from pretrain.augment import crop_iou_samples
 
     spec = ctx.job.spec
-    iou = crop_iou_samples(tuple(spec["crop_scale"]), spec["n_pairs"], spec["seed"], spec["height"], spec["width"])
+    iou = crop_iou_samples(
+        tuple(spec["crop_scale"]), spec["n_pairs"], spec["seed"], spec["height"], spec["width"]
+    )
     iou = iou.double().numpy()
     counts, edges = np.histogram(iou, bins=20, range=(0.0, 1.0))
     cells = {
@@ -184,7 +216,12 @@ def run_cropstats(ctx: JobContext) -> dict:
         "Mean IoU": float(iou.mean()),
         "Median IoU": float(np.median(iou)),
     }
-    return {"cells": cells, "histogram": counts.tolist(), "edges": edges.tolist(), "n_pairs": len(iou)}
+    return {
+        "cells": cells,
+        "histogram": counts.tolist(),
+        "edges": edges.tolist(),
+        "n_pairs": len(iou),
+    }
 
 
 RUNNERS: dict[str, Callable[[JobContext], dict]] = {

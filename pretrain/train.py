@@ -1,4 +1,5 @@
-"""MoCo-v2 pretraining: feed (anchor, positives) batches to MoCo, step SGD, checkpoint every epoch.
+"""Pretraining: feed (anchor, positives) batches to the method's module (MoCo-v2 by default; SimCLR,
+SwAV: pretrain/methods.py), step SGD, checkpoint every epoch.
 
 Learning rate: cosine decay adjusted once per epoch, lr_e = lr * 0.5 * (1 + cos(pi e / E)), as the
 official main_moco.py (--cos) does. Batches drop the last incomplete one. Resumes from
@@ -12,6 +13,10 @@ pretrain/moco.py's shuffling BN). Rank 0 writes checkpoints and backbones.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import logging
 import math
 import os
 import time
@@ -25,22 +30,25 @@ from torch import Tensor
 
 from pretrain.augment import BatchAugment, CropViews
 from pretrain.backbones import save_backbone
-from pretrain.config import PretrainConfig
+from pretrain.config import PretrainConfig, TrainConfig
+from pretrain.methods import build_model, forward_flags, frozen_parameters, section
 from pretrain.moco import MoCo, world
 
 Progress = Callable[[dict], None]
 Batches = Iterator[tuple[Tensor, list[Tensor]]]
 EXECUTION_KEYS = ("epochs", "device", "threads", "num_workers", "save_backbone_epochs")  # may change between resumes
 PROGRESS_EVERY = 10  # steps
+log = logging.getLogger(__name__)
 
 
 def pretrain(
-    cfg: PretrainConfig,
+    cfg: TrainConfig,
     data: Tensor | torch.utils.data.Dataset,
     workdir: Path,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Pretrain MoCo-v2 on `data` (uint8 N x 3 x H x W tensor, or a Dataset of PIL images)."""
+    """Pretrain cfg's method (MoCo, SimCLR, SwAV: pretrain/methods.py) on `data` (uint8
+    N x 3 x H x W tensor, or a Dataset of PIL images)."""
     called = time.perf_counter()
     rank, size = init_distributed()
     _check(cfg, data, size)
@@ -51,27 +59,25 @@ def pretrain(
     generator = torch.Generator().manual_seed(cfg.seed)  # data order (shared by all ranks)
     # augmentation: the same generator on one process (as before), one per rank otherwise
     augment_gen = generator if size == 1 else torch.Generator().manual_seed(cfg.seed + 7919 * rank)
-    state: dict[str, Any] = {"epoch": 0, "loss_history": []}
     checkpoint = workdir / "checkpoint.pt"
-    if checkpoint.exists():
-        state = _resume(checkpoint, cfg, model, optimizer, generator, augment_gen)
+    state = _resume(checkpoint, cfg, model, optimizer, generator, augment_gen)
     steps = len(data) // cfg.batch_size
     seen, busy = 0, 0.0
     for epoch in range(state["epoch"], cfg.epochs):
         _set_lr(optimizer, cfg, epoch)
         start = time.perf_counter()
         batches = _batches(cfg, data, generator, augment_gen, device)
-        knn = epoch >= cfg.moco.knn_warmup
-        loss = _train_epoch(model, optimizer, batches, cfg, epoch, steps, knn, progress)
+        flags = forward_flags(cfg, epoch)
+        loss = _train_epoch(model, optimizer, batches, cfg, epoch, steps, flags, progress)
         busy, seen = busy + time.perf_counter() - start, seen + steps * cfg.batch_size
         state = {"epoch": epoch + 1, "loss_history": [*state["loss_history"], loss]}
         _save_checkpoint(checkpoint, cfg, _inner(model), optimizer, generator, augment_gen, state)
         if epoch + 1 in cfg.save_backbone_epochs and rank == 0:
             path = workdir / f"backbone_ep{epoch + 1}.pt"
-            save_backbone(_inner(model).backbone, cfg.moco.arch, path)
+            save_backbone(_inner(model).backbone, section(cfg).arch, path)
     backbone = workdir / "backbone.pt"
     if rank == 0:
-        save_backbone(_inner(model).backbone, cfg.moco.arch, backbone)
+        save_backbone(_inner(model).backbone, section(cfg).arch, backbone)
     return {
         "epochs": cfg.epochs,
         "loss_history": state["loss_history"],
@@ -115,21 +121,20 @@ def init_distributed() -> tuple[int, int]:
     return world()
 
 
-def _inner(model: torch.nn.Module) -> MoCo:
-    """The MoCo module inside DistributedDataParallel (or the model itself)."""
+def _inner(model: torch.nn.Module) -> torch.nn.Module:
+    """The method's module inside DistributedDataParallel (or the model itself)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def _build(
-    cfg: PretrainConfig, device: torch.device
-) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """MoCo initialised from cfg.seed; SGD over theta_f only (f' moves by momentum)."""
+def _build(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The method's module initialised from cfg.seed; SGD over the parameters that require a
+    gradient (MoCo: theta_f only, f' moves by momentum; in MoCo's query_parameters() order)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = MoCo(cfg.moco).to(device)
-    params = model.query_parameters()
-    if world()[1] > 1:  # the queue is identical on every rank: no buffer broadcast
+    model = build_model(cfg).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if world()[1] > 1:  # MoCo's queue is the same on every rank, SwAV's per rank: no broadcast
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=ids, broadcast_buffers=False
@@ -147,20 +152,22 @@ def _train_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Batches,
-    cfg: PretrainConfig,
+    cfg: TrainConfig,
     epoch: int,
     steps: int,
-    knn: bool,
+    flags: dict[str, Any],
     progress: Progress | None,
 ) -> float:
-    """One pass; returns the mean loss (over all processes). epoch/step are reported 1-based."""
+    """One pass; returns the mean loss (over all processes). epoch/step are reported 1-based.
+    flags: the method's per-epoch forward switches (methods.forward_flags)."""
+    frozen = frozen_parameters(_inner(model), epoch)
     autocast = torch.autocast(
         _device(cfg.device).type, torch.bfloat16, enabled=cfg.precision == "bf16"
     )
     total, start = 0.0, time.perf_counter()
     for step, (anchor, positives) in enumerate(batches):
         with autocast:
-            loss = model(anchor, positives, knn=knn)
+            loss = model(anchor, positives, **flags)
         value = _mean_over_processes(loss)
         if not math.isfinite(value):
             raise FloatingPointError(
@@ -168,6 +175,8 @@ def _train_epoch(
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for p in frozen:  # no step at all, as SwAV's `p.grad = None` (momentum, weight decay)
+            p.grad = None
         optimizer.step()
         total += value
         if progress and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps):
@@ -182,6 +191,13 @@ def _train_epoch(
                     "images_per_s": rate,
                 }
             )
+    # the last step's update is never seen by a loss: an exploded step leaves non-finite weights
+    bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise FloatingPointError(
+            f"weights are not finite ({bad}) after epoch {epoch + 1}/{cfg.epochs}, step {steps}/{steps}:"
+            " the loss exploded (lower the lr)"
+        )
     return total / steps
 
 
@@ -194,7 +210,7 @@ def _mean_over_processes(loss: Tensor) -> float:
 
 
 def _batches(
-    cfg: PretrainConfig,
+    cfg: TrainConfig,
     data: Tensor | torch.utils.data.Dataset,
     generator: torch.Generator,
     augment_gen: torch.Generator,
@@ -244,8 +260,9 @@ def _save_checkpoint(
     augment_gen: torch.Generator,
     state: dict[str, Any],
 ) -> None:
-    """Atomic: write a temporary file, then os.replace. Holds everything a resume needs.
-    Several processes: rank 0 writes, with every rank's augmentation generator."""
+    """Holds everything a resume needs. Several processes: rank 0 writes, with every rank's
+    augmentation generator. Crash-safe at every instant: the new file's sha256 joins the digests
+    first, the last checkpoint is kept as checkpoint.prev.pt, then the new one is renamed in."""
     rank, size = world()
     augment_states = [augment_gen.get_state()]
     if size > 1:
@@ -265,7 +282,52 @@ def _save_checkpoint(
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
+    digests = _digests(path)
+    _write_digests(path, [*digests[-1:], hashlib.sha256(tmp.read_bytes()).hexdigest()])
+    if path.exists():
+        os.replace(path, _previous(path))
     os.replace(tmp, path)
+
+
+def _previous(path: Path) -> Path:
+    return path.with_suffix(".prev.pt")
+
+
+def _digests(path: Path) -> list[str]:
+    """sha256 of the checkpoints that may be on disk (the current one and the previous one)."""
+    try:
+        return list(json.loads(path.with_suffix(".sha256").read_text()))
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def _write_digests(path: Path, digests: list[str]) -> None:
+    tmp = path.with_suffix(".sha256.tmp")
+    tmp.write_text(json.dumps(digests))
+    os.replace(tmp, path.with_suffix(".sha256"))
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The newest checkpoint that is whole: its sha256 is recorded and torch can load it; falls
+    back to checkpoint.prev.pt (a truncated or corrupt file is logged and skipped)."""
+    digests = _digests(path)
+    for candidate in (path, _previous(path)):
+        if not candidate.exists():
+            continue
+        raw = candidate.read_bytes()
+        if digests and hashlib.sha256(raw).hexdigest() not in digests:
+            log.warning("checkpoint %s is corrupt or truncated (sha256 differs): skipped", candidate)
+            continue
+        try:
+            blob = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated zip, bad pickle: any load failure means unusable
+            log.warning("checkpoint %s does not load (%s): skipped", candidate, err)
+            continue
+        log.info("resuming from %s (after epoch %d)", candidate, blob["epoch"])
+        return blob
+    if path.exists() or _previous(path).exists():
+        log.warning("no checkpoint in %s loads: training starts over from epoch 0", path.parent)
+    return None
 
 
 def _resume(
@@ -276,7 +338,10 @@ def _resume(
     generator: torch.Generator,
     augment_gen: torch.Generator,
 ) -> dict[str, Any]:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    """Restore everything from the newest whole checkpoint; {epoch 0} when there is none."""
+    blob = _load_checkpoint(path)
+    if blob is None:
+        return {"epoch": 0, "loss_history": []}
     rank, size = world()
     augment_states = blob.get("augment_generators", [None])
     if len(augment_states) != size:

@@ -105,6 +105,12 @@ def test_nan_loss_names_epoch_and_step(tmp_path: Path) -> None:
         pretrain(tiny(lr=1e30), DATA, tmp_path)
 
 
+def test_weights_exploded_by_an_epochs_last_step_fail_the_epoch(tmp_path: Path) -> None:
+    """One step per epoch: no later loss sees the exploded update, the weight check after the epoch does."""
+    with pytest.raises(FloatingPointError, match=r"weights are not finite .* after epoch 1/2, step 1/1"):
+        pretrain(tiny(lr=float("inf")), DATA[:BATCH], tmp_path)
+
+
 def test_dataset_of_variable_size_pil_images(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     sizes = [(36 + i % 7, 48 - i % 5) for i in range(BATCH + 3)]

@@ -89,7 +89,8 @@ def test_unknown_names_list_valid_ones():
         resolve({"epochs": 1}, {"epoch": 2})
 
 
-def test_every_table_spec_loads_and_plans():
+@pytest.mark.parametrize("profile", ["smoke", "tiny", "paper"])
+def test_every_table_spec_loads_and_plans(profile):
     for name in list_tables():
-        p = plan(load_table(name), load_profile("smoke"))
-        assert p.jobs, name
+        p = plan(load_table(name), load_profile(profile))
+        assert p.jobs, (name, profile)

@@ -77,13 +77,15 @@ def test_dry_run_runs_nothing(tmp_path):
 def test_a_failed_pretraining_is_recorded_and_blocks_its_transfers(tmp_path):
     out = cli("run", "table1", "--profile", "smoke", "--results", tmp_path)  # cheap warm-up of the world
     assert "ImageNet-118K" in out.stdout
+    # two steps: the first step's update explodes the weights, the second step's loss is not finite
     bad = cli("run", "table2", "--profile", "smoke", "--results", tmp_path, "pretrain.lr=1e30",
-              "pretrain.data.size=32", check=False)  # fmt: skip
+              "pretrain.data.size=64", check=False)  # fmt: skip
     assert bad.returncode == 1
     assert "4 failed, 28 blocked" in bad.stderr
     errors = list(tmp_path.glob("jobs/pretrain-*/error.json"))
     assert len(errors) == 4 and not list(tmp_path.glob("jobs/pretrain-*/result.json"))
     assert "| COCO | blocked |" in bad.stdout or "| COCO | failed |" in bad.stdout
+    assert "at epoch 1/1, step 2/2" in errors[0].read_text()
 
 
 def test_table3_shares_table2_pretraining_and_marks_cells_it_does_not_evaluate(first_run):
