@@ -167,7 +167,8 @@ def pretrain_spec(table: TableSpec, row_spec: dict, profile: Profile, overrides:
     if data_name is None:
         raise HarnessError(f"{table.path}: every row needs data.name (the pretraining dataset)")
     defaults = {"method": method, "data": data_defaults(data_name), **method_defaults(method)}
-    defaults["data"]["source"] = profile.data_source
+    if defaults["data"]["source"] == "biasworld":  # a user's image folder is real at every profile
+        defaults["data"]["source"] = profile.data_source
     # layers written for another method lose its sections (pretrain/methods.py: own_fields)
     layers = [
         own_fields(method, {k: v for k, v in layer.items() if k != "method"})

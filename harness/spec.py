@@ -379,6 +379,8 @@ def apply_profile(spec: dict, sizes: dict[str, Any], where: str) -> dict:
     for key, value in sizes.items():
         current = get_dotted(out, key, where)
         if isinstance(value, dict) and set(value) == {"scale"}:
+            if current is None:  # "all of it" (a user's image folder) stays all at every profile
+                continue
             value = (
                 max(1, round(current * value["scale"]))
                 if isinstance(current, int)

@@ -22,7 +22,7 @@ SOURCES = ("biasworld", "real")
 class PretrainDataset:
     name: str  # the spec's name
     paper_name: str  # as in paper Table 1
-    biasworld: str  # bias-world variant standing in for it
+    biasworld: str | None  # bias-world variant standing in for it (None: real images only)
     real: str  # manifest builder of the real dataset
     nominal_size: int  # images in the paper's variant (Table 1)
 
@@ -35,6 +35,8 @@ PRETRAIN_DATASETS: dict[str, PretrainDataset] = {
         PretrainDataset("coco", "COCO", "scene_coco", "coco", 118_000),
         PretrainDataset("oi118k", "OpenImages-118K", "scene_oi", "oi118k", 118_000),
         PretrainDataset("bdd100k", "BDD100K", "street", "bdd100k", 90_000),
+        # your own images: `data: {name: folder, root: /path/to/images}`; size null = all of them
+        PretrainDataset("folder", "Image folder", None, "folder", 0),
     ]
 }
 
@@ -46,6 +48,8 @@ def get_dataset(name: str) -> PretrainDataset:
 def data_defaults(name: str) -> dict[str, Any]:
     """The data section of a pretraining spec at the paper's size."""
     dataset = get_dataset(name)
+    if dataset.biasworld is None:  # a folder of the user's images: real at every profile, its root in the key
+        return {"name": name, "source": "real", "root": None, "size": None, "image_size": 224, "seed": 0}
     return {
         "name": name,
         "source": "biasworld",
@@ -88,21 +92,27 @@ def real_manifest(dataset: PretrainDataset, spec: dict[str, Any], cache_dir: Pat
     """Build (or load the cached) manifest of the real dataset from the root the site config names."""
     from pretrain.data.manifests import Manifest, build_manifest
 
-    if dataset.name not in roots:
+    root = spec.get("root") or roots.get(dataset.name)
+    if dataset.biasworld is None and not root:
+        raise FileNotFoundError(
+            f"the '{dataset.name}' dataset needs its root in the row: "
+            f"data: {{name: {dataset.name}, root: /path/to/your/images}}"
+        )
+    if root is None:
         raise FileNotFoundError(
             f"no root given for the real dataset '{dataset.name}' ({dataset.paper_name}). "
             f"Name it in the dataset config (datasets.yaml: '{dataset.name}: /path/to/root') "
             f"or pass --data-root {dataset.name}=/path/to/root."
         )
-    size = None if dataset.name in ("coco", "bdd100k") else int(spec["size"])
+    size = None if dataset.name in ("coco", "bdd100k") or spec["size"] is None else int(spec["size"])
     cached = None
     if cache_dir is not None:
-        root_id = hashlib.sha1(str(Path(roots[dataset.name]).resolve()).encode()).hexdigest()[:10]
+        root_id = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:10]
         name = f"{dataset.name}-{root_id}-s{spec['seed']}-n{size}.json"
         cached = Path(cache_dir) / "manifests" / name
         if cached.exists():
             return Manifest.load(cached)
-    manifest = build_manifest(dataset.real, roots[dataset.name], seed=int(spec["seed"]), size=size)
+    manifest = build_manifest(dataset.real, root, seed=int(spec["seed"]), size=size)
     _check_decodable(manifest)  # once per manifest: each epoch drops a different batch remainder
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)

@@ -458,6 +458,31 @@ def build_bdd100k(root: Path, seed: int = 0, size: int | None = None) -> Manifes
     return Manifest("bdd100k", str(root), tuple(pool), None, None, None, seed, {"size": size})
 
 
+FOLDER_LAYOUT = """\
+  <root>/                           any folder of your own images, searched recursively
+    a.jpg
+    street/b.png
+    ..."""
+
+
+def build_folder(root: Path, seed: int = 0, size: int | None = None) -> Manifest:
+    """A user's folder of images (.jpg/.jpeg/.png at any depth), unlabelled: a custom pretraining set.
+    size None: every image; else a seeded subset of at most `size` (a profile's size caps a folder,
+    as the smoke profile's 64 images, rather than failing on a smaller one)."""
+    pool = sorted(
+        str(Path(dirpath, name).relative_to(root))
+        for dirpath, dirnames, names in os.walk(root)
+        if not any(part.startswith(".") for part in Path(dirpath).relative_to(root).parts)
+        for name in names
+        if not name.startswith(".") and name.lower().endswith(IMAGE_EXTS)
+    )
+    if not pool:
+        raise _layout_error(root, FOLDER_LAYOUT, "folder: no .jpg/.jpeg/.png images under the root")
+    if size is not None and size < len(pool):
+        pool = [pool[i] for i in _prefix_subset(len(pool), size, seed)]
+    return Manifest("folder", str(root), tuple(pool), None, None, None, seed, {"size": size})
+
+
 # --------------------------------------------------------------------------------------------------
 # registry
 
@@ -467,6 +492,7 @@ VARIANTS: dict[str, Callable[..., Manifest]] = {
     "coco": build_coco,
     "oi118k": build_oi118k,
     "bdd100k": build_bdd100k,
+    "folder": build_folder,
 }
 LAYOUTS: dict[str, str] = {
     "in118k": IMAGENET_LAYOUT,
@@ -474,6 +500,7 @@ LAYOUTS: dict[str, str] = {
     "coco": COCO_LAYOUT,
     "oi118k": OPENIMAGES_LAYOUT,
     "bdd100k": BDD_LAYOUT,
+    "folder": FOLDER_LAYOUT,
 }
 
 
