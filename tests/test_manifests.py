@@ -122,7 +122,8 @@ def trees(
 ) -> dict:
     bdd = make_bdd(tmp_path_factory.mktemp("bdd"))
     return {"in118k": (imagenet, 20), "in118k_lt": (imagenet, 25), "coco": (coco, None),
-            "oi118k": (openimages, 5), "bdd100k": (bdd, None)}  # fmt: skip
+            "oi118k": (openimages, 5), "bdd100k": (bdd, None),
+            "folder": (imagenet, 7)}  # any folder of images: ImageNet's tree read as unlabelled  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
