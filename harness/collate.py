@@ -102,9 +102,7 @@ def _collate_seeds(plan: Plan, store: Store, measured: pd.DataFrame, status: pd.
     """Fill each cell with the mean over its finished seeds; its status is seed 0's unless some seed finished."""
     samples = {}
     for (row, column), keys in plan.replicates.items():
-        field_name = plan.table.column_specs[column].get(
-            "value", "value"
-        )  # e.g. Table 5's j_mean / f_mean
+        field_name = plan.table.column_specs[column].get("value", "value")  # Table 5: j_mean, f_mean
         results = [store.result(plan.jobs[key]) for key in keys]
         values = [float(r[field_name]) for r in results if r is not None]
         samples[(row, column)] = values

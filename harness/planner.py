@@ -53,14 +53,12 @@ class Plan:
     overrides: dict[str, Any]
     jobs: dict[str, Job] = field(default_factory=dict)  # key -> job, in topological order
     cells: dict[tuple[str, str], str] = field(default_factory=dict)  # (row, column) -> job key
-    rows: dict[str, str] = field(
-        default_factory=dict
-    )  # row -> its pretraining (or datastats) job key
+    # row -> its pretraining (or datastats) job key
+    rows: dict[str, str] = field(default_factory=dict)
     # (row, column) -> the cell's job key for each seed, seed 0 first (cells holds seed 0's)
     replicates: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    parts: list[Plan] = field(
-        default_factory=list
-    )  # a merged plan's tables (`run all`), each collated alone
+    # a merged plan's tables (`run all`), each collated alone
+    parts: list[Plan] = field(default_factory=list)
     # (row, column, paper epoch) -> transfer job key for table.checkpoints and the final epoch (the cell's job)
     checkpoints: dict[tuple[str, str, int], str] = field(default_factory=dict)
 
@@ -121,12 +119,11 @@ def _plan_row(
         result.cells.setdefault((row, column), key)
         result.replicates.setdefault((row, column), []).append(key)
         for paper_epoch, epoch in at_epoch.items():  # the same transfer on an earlier backbone
-            ckpt = make_job(
-                "transfer", f"{name} @ epoch {epoch}", {**tspec, "checkpoint": epoch}, (pre_key,)
-            )
-            result.checkpoints[(row, column, paper_epoch)] = (
-                key if epoch == spec["epochs"] else result.add(ckpt)
-            )
+            at = key  # the final epoch is the cell's own job
+            if epoch != spec["epochs"]:
+                ckpt = {**tspec, "checkpoint": epoch}
+                at = result.add(make_job("transfer", f"{name} @ epoch {epoch}", ckpt, (pre_key,)))
+            result.checkpoints[(row, column, paper_epoch)] = at
 
 
 def checkpoint_epochs(table: TableSpec, row_spec: dict, spec: dict) -> dict[int, int]:

@@ -105,9 +105,7 @@ class Profile:
     data_source: str
     pretrain: dict[str, Any]
     transfer: dict[str, Any]  # every transfer job
-    tasks: dict[str, dict[str, Any]] = dataclasses.field(
-        default_factory=dict
-    )  # per task, after `transfer`
+    tasks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per task, after `transfer`
     path: Path | None = None
 
 

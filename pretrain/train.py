@@ -280,10 +280,13 @@ def _save_checkpoint(
         "generator": generator.get_state(),  # data order (and augmentation, one process)
         "augment_generators": augment_states,  # per rank
     }
+    buffer = io.BytesIO()  # serialised once: hashed in memory, not read back from disk
+    torch.save(blob, buffer)
+    raw = buffer.getbuffer()
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
+    tmp.write_bytes(raw)
     digests = _digests(path)
-    _write_digests(path, [*digests[-1:], hashlib.sha256(tmp.read_bytes()).hexdigest()])
+    _write_digests(path, [*digests[-1:], hashlib.sha256(raw).hexdigest()])
     if path.exists():
         os.replace(path, _previous(path))
     os.replace(tmp, path)
