@@ -21,6 +21,7 @@ from pretrain.methods import METHODS, frozen_parameters, method_config, method_d
 from pretrain.simclr import nt_xent
 from pretrain.swav import sinkhorn, swapped_prediction
 from pretrain.train import _build, pretrain
+from tests.test_pretrain_variants import step_and_mean_loss
 
 # ----------------------------------------------------------------------------- references
 
@@ -163,13 +164,7 @@ def _run_steps(rank: int, size: int) -> dict:
             small = torch.randn(2, 8, 3, 8, 8, generator=gen)[:, rank::size].flatten(0, 1)
             views = [p[rank::size]] + ([small] if method == "swav" else [])
             loss = model(a[rank::size], views, epoch=1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            value = loss.detach().clone()
-            if size > 1:
-                dist.all_reduce(value)
-            losses.append(value.item() / size)
+            losses.append(step_and_mean_loss(loss, opt, size))
         inner = model.module if size > 1 else model
         results[method] = {"losses": losses, "conv1": inner.backbone.conv1.weight.detach().clone()}
     return results

@@ -267,6 +267,17 @@ def _two_process_worker(rank: int, size: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+def step_and_mean_loss(loss: torch.Tensor, opt: torch.optim.Optimizer, size: int) -> float:
+    """One SGD step on this rank's loss; returns the loss averaged over the `size` processes."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    value = loss.detach().clone()
+    if size > 1:
+        dist.all_reduce(value)
+    return value.item() / size
+
+
 def _run_steps(rank: int, size: int) -> tuple[list[float], dict]:
     """3 steps of multi-crop kNN-MoCo on a global batch of 2 N; rank r holds rows r::size."""
     model = knn_moco(split_bn=2, knn_k=2, queue_size=16).double()  # split BN: 1 process only
@@ -281,13 +292,7 @@ def _run_steps(rank: int, size: int) -> tuple[list[float], dict]:
         anchor, (positive, small) = views(gen, 2 * N)
         small = small.view(SMALL, 2 * N, 3, 16, 16)[:, rank::size].flatten(0, 1)
         loss = model(anchor[rank::size], [positive[rank::size], small])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        value = loss.detach().clone()
-        if size > 1:
-            dist.all_reduce(value)
-        losses.append(value.item() / size)
+        losses.append(step_and_mean_loss(loss, opt, size))
     inner = model.module if size > 1 else model
     return losses, {
         "queue": inner.queue.clone(),
