@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import torch, torchvision, submitit, pandas, sklearn, yaml, pytest" 2>/dev/null \
+if ! "$PY" -c "import torch, torchvision, submitit, pandas, sklearn, yaml, pytest, h5py" 2>/dev/null \
    || [ "$(cd / && "$PY" -c 'import harness, os; print(os.path.dirname(os.path.dirname(harness.__file__)))' 2>/dev/null)" != "$PWD" ]; then
   "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -r requirements.txt
   "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps --no-build-isolation -e .

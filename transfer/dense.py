@@ -6,8 +6,13 @@ output stride 16), then
 - DeepLab-v3 decoder (NYUD): ASPP (1x1, three 3x3 at rates 6/12/18, image pooling; 256 channels) then a 3x3 conv
   (BN, ReLU) and a 1x1 classifier;
 logits upsampled bilinearly to the input. Training: random scaling 0.5-2.0, horizontal flips, random crops padded
-with the ignore label (255); cross-entropy ignoring 255 (segmentation), MSE on valid pixels (depth). Scored on val:
-mIoU from the split's confusion matrix, or pixel-pooled RMSE. The paper reports the mean of 5 runs (`n_runs`).
+with the ignore label (255); cross-entropy ignoring 255 (segmentation), MSE on valid pixels (depth). Scored on val,
+each image at its own size: mIoU from the split's summed confusion matrix, or RMSE pooled over the valid pixels.
+The paper reports the mean of 5 runs (`n_runs`).
+
+A split is a stacked tensor (the bias world) or lazy sequences of images of mixed sizes (real data,
+transfer.real.dense); both are read the same way, item by item: a training batch decodes only its own images,
+scales/flips/crops each one and stacks the crops; evaluation runs images of equal size together.
 
 Schedules are fractions of the run, so a profile that shortens `epochs` keeps their shape: VOC's x0.1 at epochs
 30 and 40 of 45 is `milestones=(30/45, 40/45)`; "poly" is lr * (1 - t)^0.9, t the fraction of steps done.
@@ -21,7 +26,8 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +39,8 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from transfer.features import normalize
-from transfer.metrics import IGNORE_INDEX, confusion_matrix, miou, rmse
+from transfer.metrics import IGNORE_INDEX, confusion_matrix, miou
+from transfer.real.common import DECODE_THREADS
 from transfer.spatial import unstride
 
 OPTIMIZERS = ("sgd", "adam")
@@ -241,10 +248,15 @@ def with_initial_lr(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
 
 
 def augment(
-    images: torch.Tensor, target: torch.Tensor, protocol: DenseProtocol, g: torch.Generator, fill: float
+    images: Sequence[torch.Tensor],
+    target: Sequence[torch.Tensor],
+    protocol: DenseProtocol,
+    g: torch.Generator,
+    fill: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: random scale in scale_range, horizontal flip, random crop_size crop (padded: image 0 after
-    normalisation, target `fill`). images float (N,3,H,W), target (N,H,W) -> (N,3,S,S), (N,S,S)."""
+    normalisation, target `fill`). N float images (3,H_i,W_i) and targets (H_i,W_i), of any sizes (a list, or
+    a stacked tensor) -> (N,3,S,S), (N,S,S). Four draws of `g` per image, in order."""
     lo, hi = protocol.scale_range
     S = protocol.crop_size
     out_x, out_y = [], []
@@ -266,6 +278,53 @@ def augment(
     return torch.stack(out_x), torch.stack(out_y)
 
 
+# ----------------------------------------------------------------------------- reading a split
+
+
+def _split(data: Any, depth: bool, what: str) -> tuple[Any, Any]:
+    """(images, targets) of a split, indexed alike item by item: a stacked uint8 (N,3,H,W) tensor and (N,H,W)
+    targets (the bias world), or sequences of (3,H_i,W_i) / (H_i,W_i) items decoded when read (real data)."""
+    name = "depth" if depth else "class_mask"
+    targets = getattr(data, name)
+    if targets is None:
+        raise ValueError(f"{what}: the split has no {name} targets; this dataset cannot be used for this task")
+    if len(data.images) == 0:
+        raise ValueError(f"{what}: the split is empty (0 images); check the dataset root and its split file")
+    if len(data.images) != len(targets):
+        raise ValueError(f"{what}: {len(data.images)} images but {len(targets)} {name} targets; they must pair up")
+    return data.images, targets
+
+
+def _items(images: Any, targets: Any, idx: Sequence[int], what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (image uint8 (3,H,W), target (H,W)) pairs at idx, checked to agree in size; sequences are decoded in
+    threads (the whole split is never held), a tensor is only indexed (views)."""
+
+    def item(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = images[i], targets[i]
+        if x.ndim != 3 or x.shape[0] != 3 or x.shape[-2:] != y.shape:
+            files = getattr(images, "files", None)
+            named = f" ({files[i]})" if files is not None else ""
+            raise ValueError(
+                f"{what}: image {i}{named} is {tuple(x.shape)} but its target is {tuple(y.shape)}; an image must be "
+                "(3,H,W) and its mask/depth map (H,W) of the same size: fix or remove that pair"
+            )
+        return x, y
+
+    idx = [int(i) for i in idx]
+    if isinstance(images, torch.Tensor) or len(idx) <= 1:
+        return [item(i) for i in idx]
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:  # PIL decoding releases the GIL
+        return list(pool.map(item, idx))
+
+
+def _same_size(items: list[tuple[torch.Tensor, torch.Tensor]]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """items grouped by image size, in order of first appearance (one group when all sizes agree)."""
+    groups: dict[tuple[int, ...], list] = {}
+    for x, y in items:
+        groups.setdefault(tuple(x.shape), []).append((x, y))
+    return list(groups.values())
+
+
 # ----------------------------------------------------------------------------- one run
 
 
@@ -280,33 +339,19 @@ def build_model(backbone_path: Path, outputs: int, protocol: DenseProtocol) -> D
     return DenseModel(body, head)
 
 
-def _stacked(x: Any, what: str) -> torch.Tensor:
-    """The split as one tensor: the bias world's same-size images. Real sets (a sequence of mixed-size images)
-    need the per-image scale/crop pipeline, which is not built yet: fail saying so rather than mid-run."""
-    if isinstance(x, torch.Tensor):
-        return x
-    raise NotImplementedError(
-        f"dense finetuning reads {what} as one stacked tensor (the bias world); real datasets of mixed image "
-        "sizes need a per-image scale/crop pipeline that is not built yet (issue 4). Run with --profile tiny."
-    )
-
-
-def _targets(data: Any, depth: bool) -> torch.Tensor:
-    """(N,H,W) int64 class ids (ignore 255), or float32 depth (0 invalid)."""
-    return _stacked(data.depth if depth else data.class_mask, "the targets")
-
-
-def train_run(train: Any, protocol: DenseProtocol, depth: bool, run: int, ctx: Any) -> nn.Module:
-    """One finetuning run (seed + run) on the train split; resumes from ctx.workdir/run<r>.pt."""
+def train_run(train: Any, protocol: DenseProtocol, depth: bool, run: int, ctx: Any, what: str = "train") -> nn.Module:
+    """One finetuning run (seed + run) on the train split; resumes from ctx.workdir/run<r>.pt. Each batch reads
+    its images from the split (any sizes), normalises and augments them one by one, and stacks the crops."""
+    images, targets = _split(train, depth, what)
     seed = protocol.seed + run
     torch.manual_seed(seed)  # the head's initialisation (and ASPP dropout)
     model = build_model(ctx.backbone_path, 1 if depth else train.num_classes, protocol).to(ctx.device)
     optimizer = with_initial_lr(make_optimizer(list(model.parameters()), protocol))
-    images, target = normalize(_stacked(train.images, "the images")), _targets(train, depth)
     fill = 0.0 if depth else float(protocol.ignore_index)
 
     def step_loss(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        x, y = augment(images[idx], target[idx], protocol, g, fill)
+        batch = _items(images, targets, idx.tolist(), what)
+        x, y = augment([normalize(x[None])[0] for x, _ in batch], [y for _, y in batch], protocol, g, fill)
         out = model(x.to(ctx.device))
         y = y.to(ctx.device)
         if depth:
@@ -323,18 +368,32 @@ def train_run(train: Any, protocol: DenseProtocol, depth: bool, run: int, ctx: A
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, val: Any, protocol: DenseProtocol, depth: bool, device: str) -> float:
-    """mIoU (percent) from the split's confusion matrix, or pixel-pooled RMSE, at the images' own size."""
+def evaluate(
+    model: nn.Module, val: Any, protocol: DenseProtocol, depth: bool, device: str, what: str = "val"
+) -> tuple[float, int]:
+    """(mIoU in percent from the split's summed confusion matrix, or RMSE pooled over the valid pixels; the
+    number of pixels scored). Each image at its own size, no padding: the dilated trunk and the heads take any
+    size and the logits are upsampled to the input. Up to eval_batch_size images of equal size run together."""
     model.eval()
-    images, target = _stacked(val.images, "the images"), _targets(val, depth)
-    preds = []
+    images, targets = _split(val, depth, what)
+    confusion = np.zeros((val.num_classes, val.num_classes), dtype=np.int64)
+    sse, pixels = 0.0, 0  # depth: summed squared error (float64) and valid pixels
     for start in range(0, len(images), protocol.eval_batch_size):
-        out = model(normalize(images[start : start + protocol.eval_batch_size]).to(device)).float().cpu()
-        preds.append(out[:, 0] if depth else out.argmax(1))
-    pred = torch.cat(preds)
+        chunk = _items(images, targets, range(start, min(start + protocol.eval_batch_size, len(images))), what)
+        for group in _same_size(chunk):
+            x, y = torch.stack([x for x, _ in group]), torch.stack([y for _, y in group])
+            out = model(normalize(x).to(device)).float().cpu()
+            if depth:
+                valid = y > 0  # NYUD: 0 = invalid depth
+                sse += float(((out[:, 0].double() - y.double())[valid] ** 2).sum())
+                pixels += int(valid.sum())
+            else:
+                confusion += confusion_matrix(out.argmax(1), y, val.num_classes, protocol.ignore_index)
     if depth:
-        return rmse(pred, target)
-    return miou(confusion_matrix(pred, target, val.num_classes, protocol.ignore_index))
+        if pixels == 0:
+            raise ValueError(f"{what}: RMSE is undefined: no valid (> 0) depth pixel in the split")
+        return math.sqrt(sse / pixels), pixels
+    return miou(confusion), int(confusion.sum())
 
 
 def run_dense(spec: dict, ctx: Any) -> dict:
@@ -345,12 +404,14 @@ def run_dense(spec: dict, ctx: Any) -> dict:
     protocol = DenseProtocol(**spec["protocol"])
     depth = protocol.metric == "rmse"
     splits = {s: load_dense(spec["data"], s, ctx.cache_dir / "biasworld", ctx.roots) for s in ("train", "val")}
+    name = spec["data"]["name"]
     runs, curves, start = [], [], time.perf_counter()
     with torch_threads(protocol.threads):
         for run in range(protocol.n_runs):
-            model = train_run(splits["train"], protocol, depth, run, ctx)
+            model = train_run(splits["train"], protocol, depth, run, ctx, f"{name} train")
             ctx.progress({"stage": f"evaluate run {run + 1}/{protocol.n_runs}"})
-            runs.append(evaluate(model, splits["val"], protocol, depth, ctx.device))
+            value, pixels = evaluate(model, splits["val"], protocol, depth, ctx.device, f"{name} val")
+            runs.append(value)
             curves.append(model.losses)
     return {
         "value": float(np.mean(runs)),
@@ -358,6 +419,7 @@ def run_dense(spec: dict, ctx: Any) -> dict:
         "std": float(np.std(runs, ddof=1)) if len(runs) > 1 else 0.0,
         "runs": runs,
         "losses": curves,
+        "val_pixels": pixels,  # pixels scored per run: labelled (not ignore_index) or valid depth (> 0)
         "fit_s": time.perf_counter() - start,
     }
 

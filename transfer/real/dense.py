@@ -19,8 +19,9 @@ on (the same images as "val"): the dense protocols train on "train" and score "v
                 and 0 -> 255 (ignored, as in the authors' Multi-Task-Learning-PyTorch NYUD loader):
                 40 classes, no background class.
     nyud_depth  same split; depth/*.png uint16 millimetres (-> metres), or depth/*.npy (float: metres,
-                integer: millimetres); 0 = invalid. nyu_depth_v2_labeled.mat + splits.mat (1-based
-                trainNdxs / testNdxs) are read when h5py is installed.
+                integer: millimetres); 0 = invalid. Or the official nyu_depth_v2_labeled.mat (HDF5: images
+                and depths, read with h5py, a requirement) + splits.mat (1-based trainNdxs = train,
+                testNdxs = val = test).
     voc_det     train: VOC2007 trainval + VOC2012 trainval (16,551; ImageSets/Main/trainval.txt);
                 val = test: VOC2007 test (4,952). Boxes from Annotations/*.xml, all objects kept with their
                 'difficult' flag; xyxy pixels made 0-based as detectron2's pascal_voc loader (MoCo's
@@ -49,6 +50,15 @@ from transfer.real.common import (
     read_lines,
     require_files,
 )
+
+
+def _named_images(paths: list[Path]) -> LazyItems:
+    """image_files at their own size, with .files: the path of item i, which dense finetuning names when an
+    image and its mask or depth map differ in size."""
+    items = image_files(paths)
+    items.files = list(paths)
+    return items
+
 
 # --------------------------------------------------------------------------------------------------
 # PASCAL VOC2012 segmentation (+ SBD train_aug)
@@ -142,7 +152,7 @@ def voc12_seg(root: Path, split: str, roots: dict[str, str]) -> DenseSet:
         return torch.from_numpy(values.astype(np.int64))  # 0..20, 255 = border = IGNORE_INDEX
 
     return DenseSet(
-        image_files(images), 21, VOC_SEG_CLASSES, class_mask=LazyItems(len(names), mask)
+        _named_images(images), 21, VOC_SEG_CLASSES, class_mask=LazyItems(len(names), mask)
     )
 
 
@@ -181,7 +191,7 @@ def cityscapes(root: Path, split: str) -> DenseSet:
         return torch.from_numpy(_CITYSCAPES_LUT[read_label(labels[i])])
 
     return DenseSet(
-        image_files(images), 19, CITYSCAPES_CLASSES, class_mask=LazyItems(len(images), mask)
+        _named_images(images), 19, CITYSCAPES_CLASSES, class_mask=LazyItems(len(images), mask)
     )
 
 
@@ -248,12 +258,16 @@ def nyud(root: Path, split: str, task: str) -> DenseSet:
         len(names), lambda i: (_nyud_seg_mask if task == "seg" else _nyud_depth)(labels[i])
     )
     if task == "seg":
-        return DenseSet(image_files(images), 40, NYUD_CLASSES, class_mask=dense)
-    return DenseSet(image_files(images), 0, (), depth=dense)
+        return DenseSet(_named_images(images), 40, NYUD_CLASSES, class_mask=dense)
+    return DenseSet(_named_images(images), 0, (), depth=dense)
 
 
 def _nyud_mat(root: Path, split: str, task: str) -> DenseSet:
-    """nyu_depth_v2_labeled.mat (MATLAB v7.3 = HDF5): images (N,3,W,H) uint8, depths (N,W,H) metres."""
+    """The official nyu_depth_v2_labeled.mat (MATLAB v7.3 = HDF5) and splits.mat (1-based trainNdxs/testNdxs).
+
+    MATLAB stores images (H,W,3,N) uint8 and depths (H,W,N) single metres, column-major, so h5py reads them
+    with the axes reversed: images (N,3,W,H), depths (N,W,H). Item i is transposed back to (3,H,W) / (H,W).
+    """
     mat = root / "nyu_depth_v2_labeled.mat"
     if task == "seg":
         raise DatasetLayoutError(
@@ -267,24 +281,59 @@ def _nyud_mat(root: Path, split: str, task: str) -> DenseSet:
             f"nyud_depth: reading {mat} needs h5py (pip install h5py), or convert it to the folder "
             f"layout:\n{NYUD_LAYOUT}"
         ) from err
-    from scipy.io import loadmat
-
-    splits = root / "splits.mat"
-    if not splits.is_file():
-        raise layout_error(
-            root, NYUD_LAYOUT, f"nyud_depth: {splits} (trainNdxs, testNdxs) is missing"
+    index = _nyud_split(root, split)
+    try:
+        handle = h5py.File(mat, "r")
+        images, depths = handle["images"], handle["depths"]
+        shapes = images.shape, depths.shape
+    except (OSError, KeyError, TypeError) as err:
+        raise DatasetLayoutError(
+            f"nyud_depth: {mat} is not the official labelled set ({err}); it must be a MATLAB v7.3 (HDF5) file "
+            "with datasets 'images' (uint8, read as (N,3,W,H)) and 'depths' (read as (N,W,H)), or convert it "
+            f"to the folder layout:\n{NYUD_LAYOUT}"
+        ) from err
+    n = shapes[0][0] if len(shapes[0]) == 4 else -1
+    if shapes[0][1:2] != (3,) or shapes[1] != (n, *shapes[0][2:]) or images.dtype != np.uint8:
+        raise DatasetLayoutError(
+            f"nyud_depth: {mat} has images {shapes[0]} {images.dtype} and depths {shapes[1]}; expected "
+            "images (N,3,W,H) uint8 and depths (N,W,H) as h5py reads MATLAB's (H,W,3,N) and (H,W,N)"
         )
-    key = "trainNdxs" if split == "train" else "testNdxs"
-    index = np.asarray(loadmat(splits)[key]).ravel().astype(np.int64) - 1  # 1-based in the .mat
-    handle = h5py.File(mat, "r")
+    if index.size and (index.min() < 0 or index.max() >= n):
+        raise DatasetLayoutError(
+            f"nyud_depth: {root / 'splits.mat'} indexes images {index.min() + 1}..{index.max() + 1} (1-based) "
+            f"but {mat} holds {n}"
+        )
 
-    def image(i: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(handle["images"][index[i]]).transpose(0, 2, 1).copy())
+    def image(i: int) -> torch.Tensor:  # (3,W,H) -> (3,H,W)
+        return torch.from_numpy(np.ascontiguousarray(images[index[i]].transpose(0, 2, 1)))
 
-    def depth(i: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(handle["depths"][index[i]], dtype=np.float32).T.copy())
+    def depth(i: int) -> torch.Tensor:  # (W,H) -> (H,W) metres
+        return torch.from_numpy(np.ascontiguousarray(depths[index[i]].astype(np.float32).T))
 
     return DenseSet(LazyItems(len(index), image), 0, (), depth=LazyItems(len(index), depth))
+
+
+def _nyud_split(root: Path, split: str) -> np.ndarray:
+    """0-based indices of the split from splits.mat (trainNdxs = train, testNdxs = val/test; 1-based there)."""
+    from scipy.io import loadmat
+
+    path = root / "splits.mat"
+    if not path.is_file():
+        raise layout_error(
+            root, NYUD_LAYOUT, f"nyud_depth: {path} (trainNdxs, testNdxs) is missing"
+        )
+    key = "trainNdxs" if split == "train" else "testNdxs"
+    try:
+        values = np.asarray(loadmat(path)[key]).ravel()
+        index = values.astype(np.int64)
+        if not np.array_equal(index, values):
+            raise ValueError(f"{key} holds non-integer values")
+    except (OSError, ValueError, KeyError, TypeError, NotImplementedError) as err:
+        raise DatasetLayoutError(
+            f"nyud_depth: cannot read {key} from {path} ({err!r}); it must be a MATLAB file with 1-based "
+            "integer vectors trainNdxs (795) and testNdxs (654)"
+        ) from err
+    return index - 1
 
 
 # --------------------------------------------------------------------------------------------------
