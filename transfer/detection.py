@@ -1,12 +1,29 @@
-"""Object detection (Table 3; A.4; MoCo's `detection/`, detectron2 R50-dilated-C5): Faster R-CNN, all layers finetuned.
+"""Object detection (Table 3; A.4; MoCo paper Sec. 4.2, MoCo's `detection/`): Faster R-CNN, all layers finetuned.
 
-Model: torchvision's FasterRCNN on one feature map, the pretrained ResNet with its last block dilated (output stride
-16; `transfer.dense.dilate_last_block`); an RPN over that map with our AnchorGenerator, RoIAlign of pooler_size x
-pooler_size and a two-fc box head (detectron2's DilatedC5 config: NUM_FC 2, POOLER_RESOLUTION 7). BatchNorm trains
-(the paper: synchronized BN; one process here). Training: VOC07+12 trainval (bias world: the voc07 variant's train
-split), shorter side drawn from train_sizes (480-800), horizontal flips, SGD lr 0.02, 24k iterations of batch 16,
-x0.1 at 18k and 22k, linear warmup over 100; scored on VOC07 test at size 800: COCO-style AP (mean over IoU
-0.5:0.95, 101 recall points; difficult boxes ignored), AP50, AP75. MoCo reports the mean of 5 trials (`n_runs`).
+Versions (`version` fills `arch`, `pooler_size` and `precise_bn` when None; a field set in the spec or a profile wins):
+- "dilated_c5" (default; the paper's A.4: Faster R-CNN with an R50-dilated-C5 backbone): torchvision's FasterRCNN on
+  one feature map, the pretrained ResNet with its last block dilated (output stride 16;
+  `transfer.dense.dilate_last_block`); an RPN over that map, RoIAlign of pooler_size (7) x pooler_size and a
+  two-fc box head of representation_size (detectron2's DilatedC5 config: NUM_FC 2, POOLER_RESOLUTION 7, FC_DIM
+  1024); no precise BN.
+- "mocov1_c4" (MoCo paper Table 2b, Table 3's C4 columns, and the detection/ README's numbers: Faster R-CNN
+  R50-C4; configs `pascal_voc_R_50_C4_24k.yaml` on `Base-RCNN-C4-BN.yaml`): the ResNet up to res4 (`layer3`,
+  stride 16) gives the RPN's feature map; RoIAlign of 14 x 14 (detectron2's POOLER_RESOLUTION default) on it;
+  the box head runs res5 (the backbone's own `layer4`, pretrained weights, stride 2 at its first block:
+  14 -> 7) on every RoI, then an extra BN on res5's output (MoCo's `Res5ROIHeadsExtraNorm` in train_net.py) and
+  global average pooling, then the predictor (class scores and boxes). torchvision's ResNet strides in the 3x3
+  conv, as MoCo's STRIDE_IN_1X1: False. BN statistics are recomputed before testing (TEST.PRECISE_BN; detectron2's
+  200 batches: `precise_bn` = 200 / 24000 of the run, at least one batch).
+Common to both: BatchNorm trains everywhere (MoCo Sec. 4.2: "fine-tune with BN that is trained (and synchronized
+across GPUs)"; Base-RCNN-C4-BN: naiveSyncBN, FREEZE_AT 0). Synchronized BN over 8 GPUs of 2 images each takes its
+statistics over the whole batch of 16; this runs the whole batch in one process, where plain BN computes the same.
+The RPN uses our AnchorGenerator: sizes 32-512, ratios 0.5/1/2 on the one stride-16 map (detectron2's defaults).
+RoIAlign is torchvision's MultiScaleRoIAlign (aligned=False; detectron2's ROIAlignV2 samples half a pixel shifted).
+Training: VOC07+12 trainval (bias world: the voc07 variant's train split), shorter side drawn from train_sizes
+(480-800, step 32: MIN_SIZE_TRAIN), horizontal flips, SGD lr 0.02, 24k iterations of batch 16, x0.1 at 18k and 22k,
+linear warmup over 100 (pascal_voc_R_50_C4_24k.yaml; MoCo Sec. 4.2: 24k iterations, [480, 800]); scored on VOC07
+test at size 800: AP (mean over IoU 0.5:0.95; `ap_recall_points`), AP50, AP75; difficult boxes ignored. MoCo reports
+the mean of 5 trials (`n_runs`).
 """
 
 from __future__ import annotations
@@ -27,10 +44,19 @@ from torchvision.ops import MultiScaleRoIAlign
 from transfer.dense import finetune, trunk, with_initial_lr
 from transfer.features import IMAGENET_MEAN, IMAGENET_STD
 from transfer.metrics import detection_ap
+from transfer.spatial import strided_trunk
+
+ARCHS = ("dilated_c5", "c4")
+VERSIONS: dict[str, dict[str, Any]] = {
+    "dilated_c5": {"arch": "dilated_c5", "pooler_size": 7, "precise_bn": 0.0},
+    "mocov1_c4": {"arch": "c4", "pooler_size": 14, "precise_bn": 200 / 24000},
+}
 
 
 @dataclass
 class DetectionProtocol:
+    version: str = "dilated_c5"  # a key of VERSIONS: sets arch, pooler_size and precise_bn when they are None
+    arch: str | None = None  # "dilated_c5": dilated res5 + two fc; "c4": res4 map, res5 as the box head
     iterations: int = 24000
     batch_size: int = 16
     lr: float = 0.02
@@ -45,8 +71,9 @@ class DetectionProtocol:
     max_size: int = 1333
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one feature map: all sizes on it
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    pooler_size: int = 7
-    representation_size: int = 1024  # the two fc layers of the box head (detectron2's FC_DIM)
+    pooler_size: int | None = None  # RoIAlign output, pooler_size x pooler_size
+    representation_size: int = 1024  # dilated_c5: the two fc layers of the box head (FC_DIM); c4: unused
+    precise_bn: float | None = None  # BN statistics recomputed over this fraction of the run's batches; 0: off
     sampling_ratio: int = 0  # RoIAlign samples per bin; 0: adaptive (detectron2's default)
     # RPN proposals kept before / after NMS, train and test (detectron2's defaults), sampled anchors and RoIs per image
     rpn_pre_nms: tuple[int, int] = (12000, 6000)
@@ -66,6 +93,17 @@ class DetectionProtocol:
     multilabel: bool = False
 
     def __post_init__(self) -> None:
+        if self.version not in VERSIONS:
+            raise ValueError(f"unknown detection protocol version '{self.version}'; valid: {', '.join(VERSIONS)}")
+        for key, value in VERSIONS[self.version].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown detection arch '{self.arch}'; valid: {', '.join(ARCHS)}")
+        if self.pooler_size < 1 or not 0 <= self.precise_bn < 1:
+            raise ValueError(
+                f"need pooler_size >= 1 and precise_bn in [0, 1); got {self.pooler_size}, {self.precise_bn}"
+            )
         if self.metric != "ap":
             raise ValueError(f"unknown metric '{self.metric}' for detection; valid: ap")
         if self.iterations < 1 or self.batch_size < 1 or self.n_runs < 1 or not self.train_sizes:
@@ -77,8 +115,8 @@ class DetectionProtocol:
             raise ValueError(f"milestones and warmup are fractions of the run in (0, 1), got {self.milestones}, {self.warmup}")
 
 
-class C5(nn.Module):
-    """The dilated ResNet as FasterRCNN's backbone: one feature map at stride 16 with `out_channels` channels."""
+class FeatureMap(nn.Module):
+    """A ResNet trunk as FasterRCNN's backbone: one feature map at stride 16 with `out_channels` channels."""
 
     def __init__(self, body: nn.Module) -> None:
         super().__init__()
@@ -89,11 +127,31 @@ class C5(nn.Module):
         return self.body(x)  # a tensor: FasterRCNN names it "0"
 
 
+class Res5Head(nn.Module):
+    """C4's box head (MoCo's Res5ROIHeadsExtraNorm): res5 on each RoI, BN on its output, global average pooling.
+    (R, C, p, p) RoI features -> (R, D); res5's first block has stride 2 (p -> p/2)."""
+
+    def __init__(self, res5: nn.Sequential, out_dim: int) -> None:
+        super().__init__()
+        self.res5 = res5
+        self.norm = nn.BatchNorm2d(out_dim)  # the "extra norm" after the res5 stage
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.res5(x)).mean((2, 3))  # (R, D)
+
+
 def build_detector(backbone_path: Path, num_classes: int, protocol: DetectionProtocol) -> FasterRCNN:
     from pretrain.backbones import load_backbone
 
+    net = load_backbone(backbone_path)
+    if protocol.arch == "c4":
+        body = FeatureMap(strided_trunk(net, "layer3", 16))  # stem .. res4: (N, C, H/16, W/16)
+        box_head, head_dim = Res5Head(net.layer4, net.out_dim), net.out_dim
+    else:
+        body = FeatureMap(trunk(net))  # stem .. dilated res5: (N, D, H/16, W/16)
+        box_head = TwoMLPHead(body.out_channels * protocol.pooler_size**2, protocol.representation_size)
+        head_dim = protocol.representation_size
     anchors = AnchorGenerator(sizes=(tuple(protocol.anchor_sizes),), aspect_ratios=(tuple(protocol.aspect_ratios),))
-    body = C5(trunk(load_backbone(backbone_path)))
     return FasterRCNN(
         body,
         min_size=tuple(protocol.train_sizes),
@@ -102,9 +160,8 @@ def build_detector(backbone_path: Path, num_classes: int, protocol: DetectionPro
         image_std=list(IMAGENET_STD),
         rpn_anchor_generator=anchors,
         box_roi_pool=MultiScaleRoIAlign(["0"], protocol.pooler_size, protocol.sampling_ratio),
-        box_head=TwoMLPHead(body.out_channels * protocol.pooler_size**2, protocol.representation_size),
-        # + background (torchvision's class 0)
-        box_predictor=FastRCNNPredictor(protocol.representation_size, num_classes + 1),
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(head_dim, num_classes + 1),  # + background (torchvision's class 0)
         rpn_pre_nms_top_n_train=protocol.rpn_pre_nms[0],
         rpn_pre_nms_top_n_test=protocol.rpn_pre_nms[1],
         rpn_post_nms_top_n_train=protocol.rpn_post_nms[0],
@@ -132,9 +189,40 @@ def _targets(data: Any, i: int, flip: bool) -> dict[str, torch.Tensor]:
     return {"boxes": boxes, "labels": torch.as_tensor(data.box_labels[i], dtype=torch.int64) + 1}
 
 
+def _batch(data: Any, idx: torch.Tensor, g: torch.Generator, protocol: DetectionProtocol, device: str) -> tuple:
+    """(images, targets) of a training batch: images float 0-1, each flipped with p=0.5 (one draw of g each)."""
+    flips = (torch.rand(len(idx), generator=g) < 0.5) & protocol.flip
+    pairs = list(zip(idx.tolist(), flips.tolist()))
+    images = [(data.images[i].flip(-1) if f else data.images[i]).float().div(255).to(device) for i, f in pairs]
+    targets = [{k: v.to(device) for k, v in _targets(data, i, f).items()} for i, f in pairs]
+    return images, targets
+
+
+@torch.no_grad()
+def precise_bn(model: FasterRCNN, train: Any, protocol: DetectionProtocol, seed: int, device: str) -> int:
+    """detectron2's PreciseBN: every BN's running statistics replaced by the equal-weight mean of its batch
+    statistics over `precise_bn` x iterations training batches (train mode, no weight update). Returns the batches."""
+    n = max(1, round(protocol.precise_bn * protocol.iterations)) if protocol.precise_bn > 0 else 0
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if n == 0 or not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: batch k weighs 1/k, so every batch counts the same
+    model.train()
+    g = torch.Generator().manual_seed(seed * 100003 - 1)  # apart from finetune's seed * 100003 + epoch
+    for _ in range(n):
+        idx = torch.randperm(len(train.images), generator=g)[: protocol.batch_size]
+        model(*_batch(train, idx, g, protocol, device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return n
+
+
 def train_run(train: Any, protocol: DetectionProtocol, run: int, ctx: Any) -> FasterRCNN:
     seed = protocol.seed + run
-    torch.manual_seed(seed)  # heads' initialisation; later: RPN/RoI sampling and the size drawn per batch
+    torch.manual_seed(seed)  # heads' initialisation; later: RPN/RoI sampling and the size drawn per image
     model = build_detector(ctx.backbone_path, train.num_classes, protocol).to(ctx.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = with_initial_lr(
@@ -142,19 +230,16 @@ def train_run(train: Any, protocol: DetectionProtocol, run: int, ctx: Any) -> Fa
     )
 
     def step_loss(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        flips = (torch.rand(len(idx), generator=g) < 0.5) & protocol.flip
-        images = [
-            (train.images[i].flip(-1) if f else train.images[i]).float().div(255).to(ctx.device)
-            for i, f in zip(idx.tolist(), flips.tolist())
-        ]
-        targets = [{k: v.to(ctx.device) for k, v in _targets(train, i, f).items()} for i, f in zip(idx.tolist(), flips.tolist())]
-        return sum(model(images, targets).values())
+        return sum(model(*_batch(train, idx, g, protocol, ctx.device)).values())
 
     model.losses = finetune(
         model, optimizer, step_loss, len(train.images), protocol.batch_size, protocol.iterations,
         lambda t: lr_at(protocol, t), Path(ctx.workdir) / f"run{run}.pt", seed, ctx.progress,
         f"finetune run {run + 1}/{protocol.n_runs}",
     )  # fmt: skip
+    if protocol.precise_bn > 0:
+        ctx.progress({"stage": f"precise BN run {run + 1}/{protocol.n_runs}"})
+        precise_bn(model, train, protocol, seed, ctx.device)
     return model
 
 
@@ -211,7 +296,7 @@ def _register() -> None:
             protocol=DetectionProtocol,
             run=run_detection,
             targets=("voc_det",),
-            description="Faster R-CNN on the dilated-C5 ResNet, all layers finetuned, COCO-style AP on VOC07 test (Table 3)",
+            description="Faster R-CNN (dilated-C5; MoCo v1's R50-C4), all layers finetuned, AP on VOC07 test (Table 3)",
         )
     )
 

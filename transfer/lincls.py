@@ -4,9 +4,16 @@ The backbone is frozen (eval mode: its BN statistics are not updated) and every 
 images through it (nothing precomputed: each epoch sees new crops). Train: RandomResizedCrop(image_size, scale
 (0.08, 1), ratio (3/4, 4/3)) + horizontal flip, done per image on tensors (bilinear resampling of the sampled box,
 no antialiasing); val: Resize(image_size / 0.875) + CenterCrop(image_size). A linear layer (weights N(0, 0.01),
-bias 0) on the pooled features, cross-entropy, SGD momentum 0.9, lr 30, batch 256, weight decay 1e-4 (PROTOCOLS.md;
-note: MoCo's main_lincls argument default is 0), lr x0.1 at epochs 60 and 80 of 100 (milestones are fractions of
-the run, so a profile that shortens `epochs` keeps the schedule's shape). Metric: top-1 on val.
+bias 0) on the pooled features, cross-entropy, SGD; lr x gamma at the milestones (fractions of the run, so a
+profile that shortens `epochs` keeps the schedule's shape). Metric: top-1 on val.
+
+Versions (`version` fills the schedule fields left None; a field set in the spec or a profile wins):
+- "mocov2" (default; the paper's A.2, "the evaluation protocol from He et al."): 100 epochs, SGD momentum 0.9,
+  lr 30, weight decay 1e-4 on the linear layer, lr x0.1 after epochs 60 and 80 (all A.2); batch 256 (A.2 gives
+  none: main_lincls's default).
+- "mocov1" (MoCo paper Sec. 4.1): 100 epochs, lr 30 and weight decay 0 (its grid search); momentum 0.9, batch 256
+  and x0.1 at epochs 60 and 80 are not in the text: main_lincls's defaults (`--schedule 60 80`, `-b 256`,
+  `--momentum 0.9`, `--wd 0`), the script that reproduces Sec. 4.1.
 """
 
 from __future__ import annotations
@@ -27,14 +34,23 @@ from transfer.metrics import top1_accuracy
 from transfer.svm import resize_center_crop
 
 
+VERSIONS: dict[str, dict[str, Any]] = {
+    "mocov2": {"epochs": 100, "batch_size": 256, "lr": 30.0, "momentum": 0.9, "weight_decay": 1e-4,
+               "milestones": (60 / 100, 80 / 100)},
+    "mocov1": {"epochs": 100, "batch_size": 256, "lr": 30.0, "momentum": 0.9, "weight_decay": 0.0,
+               "milestones": (60 / 100, 80 / 100)},
+}  # fmt: skip
+
+
 @dataclass
 class LinclsProtocol:
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 30.0
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    milestones: tuple[float, ...] = (60 / 100, 80 / 100)  # x gamma at these fractions of the epochs
+    version: str = "mocov2"  # a key of VERSIONS: sets the six fields below when they are None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    milestones: tuple[float, ...] | None = None  # x gamma at these fractions of the epochs
     gamma: float = 0.1
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -45,8 +61,16 @@ class LinclsProtocol:
     multilabel: bool = False
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}")
+        if self.version not in VERSIONS:
+            raise ValueError(f"unknown lincls protocol version '{self.version}'; valid: {', '.join(VERSIONS)}")
+        for key, value in VERSIONS[self.version].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(
+                f"need epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0; got {self.epochs}, "
+                f"{self.batch_size}, {self.lr}, {self.weight_decay}"
+            )
         if self.metric != "top1" or self.multilabel:
             raise ValueError(f"main_lincls reports single-label top1, got metric '{self.metric}'")
         if any(not 0 < m < 1 for m in self.milestones):

@@ -66,7 +66,9 @@ def task_defaults(task: str, target: str) -> dict[str, Any]:
         from pretrain.registry import unknown_name
 
         raise ValueError(unknown_name(f"target dataset of task '{task}'", target, t.targets))
-    protocol = dataclasses.asdict(t.protocol())
+    protocol = dataclasses.asdict(t.protocol())  # builds (so checks) the defaults
+    # fields a protocol `version` fills (declared None) stay None, so a spec's version still chooses them
+    protocol.update({f.name: None for f in dataclasses.fields(t.protocol) if f.default is None})
     protocol.update(t.per_target.get(target, {}))
     protocol.update(metric=info.metric, multilabel=info.multilabel)
     return protocol
