@@ -76,6 +76,28 @@ def test_bench_orchestration_quick(tmp_path: Path) -> None:
         assert 0 < f[key] < f["target_s"], (key, f)
 
 
+def test_bench_scaling_quick(tmp_path: Path) -> None:
+    out = run_quick("bench_scaling", tmp_path, "--threads", "1")
+    figures, s = out["figures"], out["settings"]
+    sizes = {"pretrain_images": s["images"], "pretrain_n_small": s["n_small"], "linear_dim": s["dims"],
+             "linear_classes": s["classes"], "planner_cells": s["cells"]}  # fmt: skip
+    assert set(figures) == set(sizes)
+    for name, f in figures.items():
+        assert f["sizes"] == sizes[name]
+        for key, seconds in f["seconds"].items():
+            assert len(seconds) == len(f["sizes"]), (name, key)
+            assert all(0 < t < math.inf for t in seconds), (name, key, seconds)
+        # the extra cost of small crops over none can be noise in one quick step: no exponent then
+        for key, e in f["exponent"].items():
+            assert (e is None and name == "pretrain_n_small") or math.isfinite(e), (name, key, e)
+    epoch = figures["pretrain_images"]
+    assert epoch["steps"] == [n // s["batch"] for n in s["images"]]
+    assert epoch["seconds"]["epoch"] == [k * epoch["step_s"] for k in epoch["steps"]]
+    assert figures["pretrain_n_small"]["relative"][0] == 1.0
+    rows = [max(1, c // 25) for c in s["cells"]]  # a pretraining per row, a transfer per cell
+    assert figures["planner_cells"]["jobs"] == [c + r for c, r in zip(s["cells"], rows)]
+
+
 def test_bench_command_names_the_closest_benchmark(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "orchestrat", "--quick"])
