@@ -80,12 +80,13 @@ class Reporter:
 
 
 def describe(info: dict) -> str:
-    """'epoch 3/10 step 12/31 loss 6.120 412 img/s' from a progress report."""
+    """'epoch 3/10 step 12/31 loss 6.120 412 img/s' from a progress report (epoch and step are 1-based, as every
+    job reports them: pretrain/train.py, transfer/dense.py, transfer/lincls.py)."""
     parts = []
     if "epoch" in info:
-        parts.append(f"epoch {info['epoch'] + 1}/{info.get('epochs', '?')}")
+        parts.append(f"epoch {info['epoch']}/{info.get('epochs', info.get('of', '?'))}")
     if "step" in info:
-        parts.append(f"step {info['step'] + 1}/{info.get('steps', '?')}")
+        parts.append(f"step {info['step']}/{info.get('steps', '?')}")
     if "loss" in info:
         parts.append(f"loss {info['loss']:.3f}")
     if "images_per_s" in info:

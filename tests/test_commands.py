@@ -62,7 +62,7 @@ def test_status_shows_epoch_progress_and_slurm_id(capsys, tmp_path, failed_store
     transfer = job_dirs(results, "transfer")[0]
     (transfer / "error.json").unlink()
     (transfer / "progress.json").write_text(
-        json.dumps({"epoch": 2, "epochs": 5, "step": 3, "steps": 9})
+        json.dumps({"epoch": 3, "epochs": 5, "step": 4, "steps": 9})  # 1-based, as jobs report
     )
     (transfer / "slurm.json").write_text(json.dumps({"job_id": "987654", "folder": str(tmp_path)}))
     code, out, _ = harness(capsys, "status", "--results", str(results))
