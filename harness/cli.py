@@ -261,7 +261,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("pretrain", "linear", "orchestration", "all")
+BENCHMARKS = ("pretrain", "linear", "orchestration", "scaling", "all")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
