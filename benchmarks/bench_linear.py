@@ -12,7 +12,6 @@ python benchmarks/bench_linear.py [--quick] [--threads 1] [--classes 10,100] [--
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
@@ -26,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from transfer.linear import LinearProtocol, linear_eval, wd_grid
 
 sys.path.insert(0, str(Path(__file__).parent))
-from record import RESULTS, table, write  # noqa: E402
+from record import arguments, table, write  # noqa: E402
 
 FULL = {"n_train": 10_000, "n_val": 2_000, "n_test": 2_000, "dim": 512, "sep": 0.12}
 QUICK = {"n_train": 600, "n_val": 200, "n_test": 200, "dim": 32, "sep": 0.4}
@@ -87,11 +86,7 @@ def compare(s: dict, classes: int, threads: list[int]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="reduced size, seconds")
-    parser.add_argument(
-        "--out", type=Path, default=RESULTS, help="folder of the JSON (default benchmarks/results)"
-    )
+    parser = arguments(__doc__, "reduced size, seconds")
     # 1 thread: on the shared 2-core dev machine, 2 BLAS/OpenMP threads beside busy neighbours spin (2-20x slower)
     parser.add_argument(
         "--threads", default="1", help="thread counts to time on each side, e.g. 1,2"

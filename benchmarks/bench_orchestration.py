@@ -12,7 +12,6 @@ python benchmarks/bench_orchestration.py [--quick] [--out DIR]
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import sys
@@ -30,7 +29,7 @@ from harness.status import print_status
 from harness.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
-from record import RESULTS, table, write  # noqa: E402
+from record import arguments, table, write  # noqa: E402
 
 FULL = {"rows": 40, "columns": 25, "tables": 10}
 QUICK = {"rows": 8, "columns": 5, "tables": 2}
@@ -85,11 +84,7 @@ def timed(fn, repeat: int = 3) -> tuple[float, object]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="reduced size, seconds")
-    parser.add_argument(
-        "--out", type=Path, default=RESULTS, help="folder of the JSON (default benchmarks/results)"
-    )
+    parser = arguments(__doc__, "reduced size, seconds")
     args = parser.parse_args(argv)
     s = QUICK if args.quick else FULL
     profile = load_profile("tiny")

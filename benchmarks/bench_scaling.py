@@ -25,7 +25,6 @@ python benchmarks/bench_scaling.py [--quick] [--threads 2] [--linear-threads 1] 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ from transfer.linear import LinearProtocol, linear_eval
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_linear import features  # noqa: E402
 from bench_orchestration import _status, fake_results, table_yaml, timed  # noqa: E402
-from record import RESULTS, table, write  # noqa: E402
+from record import arguments, table, write  # noqa: E402
 
 FULL = {
     "images": (1000, 4000, 16000),  # the tiny profile's 4000 in the middle
@@ -246,11 +245,7 @@ def planner(s: dict, profile: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: seconds")
-    parser.add_argument(
-        "--out", type=Path, default=RESULTS, help="folder of the JSON (default benchmarks/results)"
-    )
+    parser = arguments(__doc__, "tiny sizes, one repeat: seconds")
     parser.add_argument(
         "--threads",
         type=int,

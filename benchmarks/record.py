@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -51,3 +52,11 @@ def table(rows: list[tuple], header: tuple) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def arguments(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """Every benchmark's command line: --quick (CI checks that it works, never a time) and --out."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON (default benchmarks/results)")
+    return parser

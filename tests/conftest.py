@@ -5,6 +5,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
+
+from pretrain.backbones import build_backbone, save_backbone
 
 # Two cores: keep BLAS and torch from oversubscribing them in tests.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -24,3 +27,16 @@ def slurm_cluster() -> str:
     if out.returncode != 0:
         pytest.fail(f"{START} failed (exit {out.returncode}):\n{out.stdout}\n{out.stderr}")
     return out.stdout
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> Path:
+    """A seeded, untrained ResNet-18 saved as a pretraining job saves its backbone (one per test module)."""
+    torch.manual_seed(0)
+    return save_backbone(build_backbone("resnet18"), "resnet18", tmp_path_factory.mktemp("bb") / "backbone.pt")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A feature/data cache folder shared by one test module's tasks."""
+    return tmp_path_factory.mktemp("cache")

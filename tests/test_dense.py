@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from pretrain.backbones import build_backbone, save_backbone
+from pretrain.backbones import build_backbone
 from pretrain.data.biasworld import generate
 from transfer.data import load_dense, target_defaults
 from transfer.dense import DenseProtocol, Preempted, dilate_last_block, trunk
@@ -20,17 +20,6 @@ SMOKE_DET = {
     "anchor_sizes": [8, 16, 32], "rpn_pre_nms": [200, 100], "rpn_post_nms": [50, 30], "rpn_batch_size": 32,
     "roi_batch_size": 32, "n_runs": 1, "threads": 1,
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_backbone(build_backbone("resnet18"), "resnet18", tmp_path_factory.mktemp("bb") / "backbone.pt")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
 
 
 def spec(task: str, target: str, protocol: dict, **data) -> dict:

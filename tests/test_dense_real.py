@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 from scipy.io import savemat
 
-from pretrain.backbones import build_backbone, save_backbone
 from transfer.data import DenseSet, load_dense, target_defaults
 from transfer.dense import DenseProtocol, build_model, evaluate, train_run
 from transfer.features import normalize
@@ -27,11 +26,6 @@ SIZES = {
     "val": {"000001": (40, 56), "000005": (33, 47), "000007": (40, 56)},
 }
 
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_backbone(build_backbone("resnet18"), "resnet18", tmp_path_factory.mktemp("bb") / "backbone.pt")
 
 
 def make_nyud(root: Path) -> dict[str, np.ndarray]:

@@ -7,29 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.backbones import build_backbone, load_backbone, save_backbone
+from pretrain.backbones import load_backbone
 from transfer.data import load_dense, target_defaults
 from transfer.detection import DetectionProtocol, Res5Head, build_detector, precise_bn
 from transfer.lincls import LinclsProtocol
 from transfer.tasks import TaskContext, run_task, task_defaults
 
-# the smoke profile's detection sizes (harness/profiles/smoke.yaml), one thread
-SMOKE_DET = {
-    "iterations": 3, "batch_size": 4, "train_sizes": [32, 48], "test_size": 48, "max_size": 96,
-    "anchor_sizes": [8, 16, 32], "rpn_pre_nms": [200, 100], "rpn_post_nms": [50, 30], "rpn_batch_size": 32,
-    "roi_batch_size": 32, "pooler_size": 4, "representation_size": 256, "n_runs": 1, "threads": 1,
-}  # fmt: skip
+from tests.test_dense import SMOKE_DET
 
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_backbone(build_backbone("resnet18"), "resnet18", tmp_path_factory.mktemp("bb") / "backbone.pt")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+SMOKE_DET = {**SMOKE_DET, "pooler_size": 4, "representation_size": 256}  # + the smoke profile's box head
 
 
 def det_spec(protocol: dict) -> dict:
