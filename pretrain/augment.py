@@ -182,14 +182,16 @@ def _fallback_size(H: Tensor, W: Tensor, ratio: tuple[float, float]) -> tuple[Te
     return w, h
 
 
-def crop_resize(images: Tensor, boxes: Tensor, size: int) -> Tensor:
-    """Crop box i of image i, resize bilinearly: N x 3 x size x size float (in the input's range).
+def crop_resize(images: Tensor, boxes: Tensor, size: int, index: Tensor | None = None) -> Tensor:
+    """Crop box i of image i (of image index[i] when given: M boxes over N images, no copies of
+    the images), resize bilinearly: M x 3 x size x size float (in the input's range).
 
     roi_align(aligned=True) averages ceil(box/size)^2 bilinear samples per output pixel, so
     downscaling is area-like (anti-aliased) as PIL's resize is.
     """
-    index = torch.arange(len(images), device=images.device, dtype=torch.float32).unsqueeze(1)
-    # rois: N x 5 (batch index, x0, y0, x1, y1)
+    index = torch.arange(len(images)) if index is None else index
+    index = index.to(images.device, torch.float32).unsqueeze(1)
+    # rois: M x 5 (batch index, x0, y0, x1, y1)
     rois = torch.cat([index, boxes.to(images.device, torch.float32)], 1)
     return roi_align(images.float(), rois, (size, size), 1.0, -1, True)
 
@@ -350,13 +352,14 @@ class BatchAugment:
         of image i)]."""
         cfg, (n, _, height, width) = self.cfg, images.shape
         anchor, positive, small = sample_view_boxes(n, height, width, cfg, generator)
-        large = crop_resize(torch.cat([images, images]), torch.cat([anchor, positive]), cfg.size)
+        source, rows = images.float(), torch.arange(n)  # every box reads its image in place
+        large = crop_resize(source, torch.cat([anchor, positive]), cfg.size, rows.repeat(2))
         smalls = None
         if cfg.n_small:
             boxes = small.transpose(0, 1).flatten(0, 1)  # crop-major: row c N + i
-            smalls = crop_resize(images.repeat(cfg.n_small, 1, 1, 1), boxes, cfg.small_side)
-            smalls = smalls / 255.0
-        return self.finish(large / 255.0, smalls, generator)
+            smalls = crop_resize(source, boxes, cfg.small_side, rows.repeat(cfg.n_small))
+            smalls = smalls.div_(255.0)
+        return self.finish(large.div_(255.0), smalls, generator)
 
     def finish(
         self, large: Tensor, small: Tensor | None, generator: torch.Generator
@@ -390,7 +393,7 @@ class BatchAugment:
         x = torch.where(flip, x.flip(-1), x)
         mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return x.sub_(mean).div_(std)  # x is this function's own tensor
 
     def _default(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """ColorJitter p, grayscale p, Gaussian blur p (float [0, 1], M x 3 x s x s)."""

@@ -62,6 +62,58 @@ class SplitBatchNorm(nn.BatchNorm2d):
         return y.view(n, c, h, w)
 
 
+class _MaxPoolNHWC(torch.autograd.Function):
+    """max_pool2d of an NCHW bf16 CPU tensor computed in channels_last (the vectorised kernel:
+    ResNet's stem pool at 64 px, batch 128, forward and backward: 44 -> 14 ms on 2 cores); the
+    gradient scatters through the same argmax indices in NCHW. Values and indices equal the NCHW
+    kernel's (same window scan order, ties to the first maximum)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
+                ceil_mode: bool) -> Tensor:  # fmt: skip
+        nhwc = x.contiguous(memory_format=torch.channels_last)
+        y, index = torch.ops.aten.max_pool2d_with_indices(
+            nhwc, kernel, stride, padding, dilation, ceil_mode
+        )
+        index = index.contiguous()
+        ctx.save_for_backward(x, index)
+        ctx.args = (kernel, stride, padding, dilation, ceil_mode)
+        return y.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple:
+        x, index = ctx.saved_tensors
+        dx = torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, *ctx.args, index)
+        return dx, None, None, None, None, None
+
+
+class MaxPool2dNHWC(nn.MaxPool2d):
+    """nn.MaxPool2d (same outputs and gradients) that pools bf16 (autocast) 4-D CPU inputs in
+    channels_last."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.device.type, x.dtype, x.dim()) != ("cpu", torch.bfloat16, 4) or self.return_indices:
+            return super().forward(x)  # fp32 on CPU: channels_last is no faster (measured)
+        x = x.contiguous()
+        pair = torch.nn.modules.utils._pair
+        kernel, stride = pair(self.kernel_size), pair(self.stride or self.kernel_size)
+        padding, dilation = pair(self.padding), pair(self.dilation)
+        return _MaxPoolNHWC.apply(x, kernel, stride, padding, dilation, self.ceil_mode)
+
+
+def fast_pools(module: nn.Module) -> nn.Module:
+    """Swap every nn.MaxPool2d child of `module` for MaxPool2dNHWC (no parameters: state dicts are
+    unchanged)."""
+    for name, child in module.named_children():
+        if type(child) is nn.MaxPool2d:
+            pool = MaxPool2dNHWC(child.kernel_size, child.stride, child.padding, child.dilation,
+                                 child.return_indices, child.ceil_mode)  # fmt: skip
+            setattr(module, name, pool)
+        else:
+            fast_pools(child)
+    return module
+
+
 def projection_head(width: int, cfg: MoCoConfig) -> tuple[nn.Module, int]:
     """h: D -> C and C. "mlp" (MoCo-v2): Linear(D, W) - ReLU - ... - Linear(W, C), no batchnorm
     (paper A.1); "fixed_random" is the same MLP (frozen by MoCo); "linear": Linear(D, C);
@@ -107,7 +159,7 @@ class MoCo(nn.Module):
         self.world_size = world()[1]  # > 1: shuffling BN across processes replaces split BN
         split = cfg.split_bn > 1 and self.world_size == 1
         norm = partial(SplitBatchNorm, num_splits=cfg.split_bn) if split else None
-        self.backbone = build_backbone(cfg.arch, norm)  # g
+        self.backbone = fast_pools(build_backbone(cfg.arch, norm))  # g
         self.head, dim = projection_head(self.backbone.out_dim, cfg)  # h
         if cfg.head == "fixed_random":
             self.head.requires_grad_(False)  # Appalaraju et al. Table 1b: random init, frozen
