@@ -145,7 +145,9 @@ def _build(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, tor
         lr=cfg.lr,
         momentum=cfg.sgd_momentum,
         weight_decay=cfg.weight_decay,
-        fused=device.type in FUSED_SGD_DEVICES,  # one kernel per tensor, same update bit for bit
+        # one kernel per tensor, the same update bit for bit; not when a parameter takes its first step later than
+        # the others (SwAV's frozen prototypes): fused SGD refuses a mix of present and missing momentum buffers
+        fused=device.type in FUSED_SGD_DEVICES and not frozen_parameters(_inner(model), 0),
     )
     return model, optimizer
 

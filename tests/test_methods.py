@@ -136,6 +136,18 @@ def test_one_epoch_trains_and_swav_freezes_its_prototypes(method: str, tmp_path:
         assert frozen_parameters(model, 1) == []
 
 
+def test_swav_prototypes_take_their_first_step_after_the_frozen_epoch(tmp_path: Path) -> None:
+    """Epoch 1 is the prototypes' first optimiser step (no momentum buffer yet, beside parameters that have one):
+    the optimiser must take it (fused SGD refused such a mixed state with a TypeError)."""
+    cfg = tiny_config("swav", epochs=2)
+    model, _ = _build(cfg, torch.device("cpu"))
+    initial = F.normalize(model.prototypes.weight.detach().clone(), dim=1)
+    out = pretrain(cfg, DATA, tmp_path)
+    assert len(out["loss_curve"]) == 2 and all(math.isfinite(v) for v in out["loss_curve"])
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
+    assert not torch.allclose(state["prototypes.weight"], initial)  # moved in epoch 1
+
+
 # ----------------------------------------------------------------------------- processes
 
 
