@@ -362,7 +362,10 @@ def _resume(
             f"{path} was written with a different config ({', '.join(changed)}); use a new workdir"
         )
     _inner(model).load_state_dict(blob["model"])
-    optimizer.load_state_dict(blob["optimizer"])
+    kernels = [(g.get("fused"), g.get("foreach")) for g in optimizer.param_groups]
+    optimizer.load_state_dict(blob["optimizer"])  # also restores the writer's fused/foreach choice: keep ours
+    for g, (fused, foreach) in zip(optimizer.param_groups, kernels):
+        g["fused"], g["foreach"] = fused, foreach
     torch.set_rng_state(blob["torch_rng"])
     if blob["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(blob["cuda_rng"])

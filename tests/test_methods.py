@@ -148,6 +148,20 @@ def test_swav_prototypes_take_their_first_step_after_the_frozen_epoch(tmp_path: 
     assert not torch.allclose(state["prototypes.weight"], initial)  # moved in epoch 1
 
 
+def test_swav_resumes_after_the_frozen_epoch_from_a_fused_sgd_checkpoint(tmp_path: Path) -> None:
+    """A checkpoint written by an optimiser with fused SGD (an older harness) resumes with the kernel the run
+    chooses now: the optimiser state dict must not bring `fused` back (the prototypes' first step would fail)."""
+    one = tiny_config("swav", epochs=1)
+    pretrain(one, DATA, tmp_path)
+    blob = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    for group in blob["optimizer"]["param_groups"]:
+        group["fused"] = True  # as written before SwAV runs stopped using fused SGD
+    torch.save(blob, tmp_path / "checkpoint.pt")
+    (tmp_path / "checkpoint.sha256").unlink()  # the edited file has a new digest
+    out = pretrain(tiny_config("swav", epochs=2), DATA, tmp_path)
+    assert len(out["loss_curve"]) == 2 and all(math.isfinite(v) for v in out["loss_curve"])
+
+
 # ----------------------------------------------------------------------------- processes
 
 
