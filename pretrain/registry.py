@@ -32,3 +32,13 @@ def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
     if name not in registry:
         raise ValueError(unknown_name(what, name, registry))
     return registry[name]
+
+
+def fill_from_version(protocol: object, versions: Mapping[str, Mapping[str, object]], what: str) -> None:
+    """A protocol's named version (`protocol.version`, a key of `versions`) fills the fields left None; a field set
+    explicitly (a spec, a profile) keeps its value. Used by the transfer protocols (lincls, detection, video)."""
+    if protocol.version not in versions:
+        raise ValueError(f"unknown {what} version '{protocol.version}'; valid: {', '.join(versions)}")
+    for key, value in versions[protocol.version].items():
+        if getattr(protocol, key) is None:
+            setattr(protocol, key, value)

@@ -41,6 +41,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from pretrain.registry import fill_from_version
 from transfer.dense import finetune, trunk, with_initial_lr
 from transfer.features import IMAGENET_MEAN, IMAGENET_STD
 from transfer.metrics import detection_ap
@@ -93,11 +94,7 @@ class DetectionProtocol:
     multilabel: bool = False
 
     def __post_init__(self) -> None:
-        if self.version not in VERSIONS:
-            raise ValueError(f"unknown detection protocol version '{self.version}'; valid: {', '.join(VERSIONS)}")
-        for key, value in VERSIONS[self.version].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
+        fill_from_version(self, VERSIONS, "detection protocol")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown detection arch '{self.arch}'; valid: {', '.join(ARCHS)}")
         if self.pooler_size < 1 or not 0 <= self.precise_bn < 1:

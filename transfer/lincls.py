@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.registry import fill_from_version
 from transfer.features import normalize
 from transfer.linear import torch_threads
 from transfer.metrics import top1_accuracy
@@ -61,11 +62,7 @@ class LinclsProtocol:
     multilabel: bool = False
 
     def __post_init__(self) -> None:
-        if self.version not in VERSIONS:
-            raise ValueError(f"unknown lincls protocol version '{self.version}'; valid: {', '.join(VERSIONS)}")
-        for key, value in VERSIONS[self.version].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
+        fill_from_version(self, VERSIONS, "lincls protocol")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(
                 f"need epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0; got {self.epochs}, "

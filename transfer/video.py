@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pretrain.registry import fill_from_version
 from transfer.linear import torch_threads
 from transfer.spatial import LAYERS
 from transfer.video_metrics import BOUND_TH, davis_scores, score_clip
@@ -53,11 +54,7 @@ class VideoProtocol:
     multilabel: bool = False
 
     def __post_init__(self) -> None:
-        if self.version not in VERSIONS:
-            raise ValueError(f"unknown video protocol version '{self.version}'; valid: {', '.join(VERSIONS)}")
-        for key, value in VERSIONS[self.version].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
+        fill_from_version(self, VERSIONS, "video protocol")
         if self.layer not in LAYERS:
             raise ValueError(f"unknown layer '{self.layer}'; valid: {', '.join(LAYERS)}")
         if self.n_last_frames < 0 or self.topk < 1 or self.radius < 0 or self.temperature <= 0:
