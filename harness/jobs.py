@@ -139,7 +139,7 @@ def _setup_torch(spec: dict) -> str:
 
 def run_pretrain(ctx: JobContext) -> dict:
     from pretrain.methods import method_config
-    from pretrain.data import load_pretrain_images
+    from pretrain.data import load_pretrain_images, load_pretrain_labels
     from pretrain.train import pretrain, random_init
 
     spec = dict(ctx.job.spec)
@@ -150,8 +150,10 @@ def run_pretrain(ctx: JobContext) -> dict:
     if spec["method"] == "random":
         summary = random_init(config, ctx.workdir)
     else:
-        data = load_pretrain_images(spec["data"], ctx.store.cache / "biasworld", ctx.roots)
-        summary = pretrain(config, data, ctx.workdir, progress=ctx.progress)
+        cache = ctx.store.cache / "biasworld"
+        data = load_pretrain_images(spec["data"], cache, ctx.roots)
+        labels = load_pretrain_labels(spec["data"], cache, ctx.roots) if spec["method"] == "supervised" else None
+        summary = pretrain(config, data, ctx.workdir, progress=ctx.progress, labels=labels)
     summary["backbone"] = str(Path(summary["backbone"]).relative_to(ctx.workdir))
     summary["backbones"] = {
         e: str(Path(p).relative_to(ctx.workdir)) for e, p in summary["backbones"].items()

@@ -3,7 +3,7 @@ paper's named variants of MoCo-v2: each is a few config fields, composable (a ta
 several, or give the fields itself, e.g. `{aug: {n_small: 6}}`); the method stays "mocov2".
 
 A method's config is the shared training fields (pretrain.config.TrainConfig) plus its own
-section: `moco` (MoCo v1, v2 and Rand. init.), `simclr` or `swav`. Spec layers written for one
+section: `moco` (MoCo v1, v2 and Rand. init.), `simclr`, `swav` or `supervised`. Spec layers written for one
 method (a profile's `moco.queue_size`, Table 4's `moco.momentum` rows) reach another method
 through `own_fields`, which drops the sections of other methods: sizes for every method can sit
 in one profile, and `method=swav` runs a MoCo table with SwAV (a MoCo-only ablation row then
@@ -21,6 +21,7 @@ from pretrain.config import PretrainConfig, TrainConfig
 from pretrain.moco import MoCo, MoCoV1Config
 from pretrain.registry import lookup
 from pretrain.simclr import SimCLR, SimCLRConfig
+from pretrain.supervised import Supervised, SupervisedConfig
 from pretrain.swav import SwAV, SwAVConfig
 
 # "random": no pretraining, the backbone at its seeded initialisation (the paper's Rand. init. rows); it takes
@@ -30,6 +31,7 @@ METHODS: dict[str, type[TrainConfig]] = {
     "mocov1": MoCoV1Config,
     "simclr": SimCLRConfig,
     "swav": SwAVConfig,
+    "supervised": SupervisedConfig,  # the reference row: cross-entropy on the pretraining set's labels
     "random": PretrainConfig,
 }
 # config class -> (its method section, the module built from that section)
@@ -37,6 +39,7 @@ MODULES: dict[type[TrainConfig], tuple[str, type[nn.Module]]] = {
     PretrainConfig: ("moco", MoCo),
     SimCLRConfig: ("simclr", SimCLR),
     SwAVConfig: ("swav", SwAV),
+    SupervisedConfig: ("supervised", Supervised),
 }
 SECTIONS = frozenset(section for section, _ in MODULES.values())
 

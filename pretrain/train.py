@@ -13,6 +13,7 @@ pretrain/moco.py's shuffling BN). Rank 0 writes checkpoints and backbones.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -31,11 +32,12 @@ from torch import Tensor
 from pretrain.augment import BatchAugment, CropViews
 from pretrain.backbones import save_backbone
 from pretrain.config import PretrainConfig, TrainConfig
+from pretrain.supervised import SupervisedConfig
 from pretrain.methods import build_model, forward_flags, frozen_parameters, section
 from pretrain.moco import MoCo, world
 
 Progress = Callable[[dict], None]
-Batches = Iterator[tuple[Tensor, list[Tensor]]]
+Batches = Iterator[tuple[Tensor, list[Tensor], Tensor]]
 EXECUTION_KEYS = ("epochs", "device", "threads", "num_workers", "save_backbone_epochs")  # may change between resumes
 PROGRESS_EVERY = 10  # steps
 FUSED_SGD_DEVICES = ("cpu", "cuda")  # fused SGD; ResNet-18 on 2 CPU cores: 13 -> 5 ms a step
@@ -47,12 +49,15 @@ def pretrain(
     data: Tensor | torch.utils.data.Dataset,
     workdir: Path,
     progress: Progress | None = None,
+    labels: Tensor | None = None,
 ) -> dict[str, Any]:
-    """Pretrain cfg's method (MoCo, SimCLR, SwAV: pretrain/methods.py) on `data` (uint8
-    N x 3 x H x W tensor, or a Dataset of PIL images)."""
+    """Pretrain cfg's method (MoCo, SimCLR, SwAV, supervised: pretrain/methods.py) on `data` (uint8
+    N x 3 x H x W tensor, or a Dataset of PIL images). labels: per image, (N,) class ids or (N, C)
+    0/1 multi-label rows; only the supervised method reads them (and needs them)."""
     called = time.perf_counter()
     rank, size = init_distributed()
     _check(cfg, data, size)
+    cfg, labels = with_classes(cfg, labels, len(data))
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
@@ -69,7 +74,7 @@ def pretrain(
         start = time.perf_counter()
         batches = _batches(cfg, data, generator, augment_gen, device)
         flags = forward_flags(cfg, epoch)
-        loss = _train_epoch(model, optimizer, batches, cfg, epoch, steps, flags, progress)
+        loss = _train_epoch(model, optimizer, batches, cfg, epoch, steps, flags, progress, labels)
         busy, seen = busy + time.perf_counter() - start, seen + steps * cfg.batch_size
         state = {"epoch": epoch + 1, "loss_history": [*state["loss_history"], loss]}
         _save_checkpoint(checkpoint, cfg, _inner(model), optimizer, generator, augment_gen, state)
@@ -161,17 +166,23 @@ def _train_epoch(
     steps: int,
     flags: dict[str, Any],
     progress: Progress | None,
+    labels: Tensor | None = None,
 ) -> float:
     """One pass; returns the mean loss (over all processes). epoch/step are reported 1-based.
-    flags: the method's per-epoch forward switches (methods.forward_flags)."""
+    flags: the method's per-epoch forward switches (methods.forward_flags); labels: each image's,
+    passed as `target` for the batch's images to a method that wants them (supervised)."""
     frozen = frozen_parameters(_inner(model), epoch)
     autocast = torch.autocast(
         _device(cfg.device).type, torch.bfloat16, enabled=cfg.precision == "bf16"
     )
     total, start = 0.0, time.perf_counter()
-    for step, (anchor, positives) in enumerate(batches):
+    targets = getattr(_inner(model), "wants_targets", False)
+    for step, (anchor, positives, index) in enumerate(batches):
         with autocast:
-            loss = model(anchor, positives, **flags)
+            if targets:
+                loss = model(anchor, positives, target=labels[index].to(anchor.device), **flags)
+            else:
+                loss = model(anchor, positives, **flags)
         value = _mean_over_processes(loss)
         if not math.isfinite(value):
             raise FloatingPointError(
@@ -205,6 +216,28 @@ def _train_epoch(
     return total / steps
 
 
+def with_classes(
+    cfg: TrainConfig, labels: Tensor | None, n: int
+) -> tuple[TrainConfig, Tensor | None]:
+    """The supervised method's config with num_classes read from the labels, which are checked;
+    other methods' unchanged (their labels, if any, are not used)."""
+    if not isinstance(cfg, SupervisedConfig):
+        return cfg, None
+    if labels is None:
+        raise ValueError(
+            "supervised pretraining needs the images' labels: this dataset gives none (a real set "
+            "needs its class folders or annotations; the bias world always has them)"
+        )
+    labels = torch.as_tensor(labels)
+    if len(labels) != n or labels.ndim not in (1, 2):
+        raise ValueError(f"labels {tuple(labels.shape)}: need (N,) class ids or (N, C) 0/1 rows for N={n} images")
+    if labels.ndim == 1 and (labels.dtype.is_floating_point or labels.min() < 0):
+        raise ValueError("single-label targets must be class ids >= 0")
+    classes = labels.shape[1] if labels.ndim == 2 else int(labels.max()) + 1
+    section = dataclasses.replace(cfg.supervised, num_classes=classes)
+    return dataclasses.replace(cfg, supervised=section), labels.long() if labels.ndim == 1 else labels
+
+
 def _mean_over_processes(loss: Tensor) -> float:
     value = loss.detach().float()
     if world()[1] > 1:
@@ -221,14 +254,15 @@ def _batches(
     device: torch.device,
 ) -> Batches:
     """(anchor x: N x 3 x S x S, positives X+: [N x 3 x S x S] + multi-crop [(n_small N) x 3 x s x
-    s]) of augmented views, in a random order. N is this process's share of the batch."""
+    s], index: the N images' indices in `data`) of augmented views, in a random order. N is this
+    process's share of the batch."""
     augment, n = BatchAugment(cfg.aug), cfg.batch_size
     rank, size = world()
     order = torch.randperm(len(data), generator=generator)
     if isinstance(data, Tensor):  # in memory: crop and colour whole batches
         for s in range(len(data) // n):
             mine = order[s * n : (s + 1) * n][rank::size]
-            yield augment.views(data[mine].to(device, non_blocking=True), augment_gen)
+            yield *augment.views(data[mine].to(device, non_blocking=True), augment_gen), mine
         return
     seeds = torch.randint(2**62, (len(data),), generator=generator)  # per-image crop seeds
     items = list(zip(order.tolist(), seeds.tolist()))
@@ -240,11 +274,12 @@ def _batches(
         drop_last=True,
         num_workers=cfg.num_workers,
     )
-    for large, small in loader:  # N x 2 x 3 x S x S and N x n_small x 3 x s x s uint8
+    mine = torch.tensor([i for i, _ in items])
+    for s, (large, small) in enumerate(loader):  # N x 2 x 3 x S x S and N x n_small x 3 x s x s uint8
         # 2N x 3 x S x S: anchors, then positives; small crop-major: row c N + i
         large = large.to(device).transpose(0, 1).flatten(0, 1)
         small = small.to(device).transpose(0, 1).flatten(0, 1) if cfg.aug.n_small else None
-        yield augment.finish(large, small, augment_gen)
+        yield *augment.finish(large, small, augment_gen), mine[s * len(large) // 2 : (s + 1) * len(large) // 2]
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, epoch: int) -> None:

@@ -74,6 +74,24 @@ def load_pretrain_images(
     raise ValueError(f"unknown data source '{spec['source']}'; valid: {', '.join(SOURCES)}")
 
 
+def load_pretrain_labels(
+    spec: dict[str, Any], cache_dir: Path | None, roots: dict[str, str] | None = None
+) -> torch.Tensor:
+    """Each pretraining image's label, in load_pretrain_images' order (supervised pretraining):
+    (N,) class ids (objects, scene types) or (N, C) 0/1 rows (multi-label scenes)."""
+    dataset = get_dataset(spec["name"])
+    if spec["source"] == "biasworld":
+        return torch.from_numpy(np.ascontiguousarray(biasworld_set(spec, cache_dir).labels))
+    manifest = real_manifest(dataset, spec, cache_dir, roots or {})
+    if manifest.class_ids is None:
+        raise ValueError(
+            f"'{dataset.name}' has no per-image class labels in its manifest (its images are read "
+            "without annotations): supervised pretraining needs a class-labelled set such as "
+            "in118k, or a folder with one sub-folder per class"
+        )
+    return torch.tensor(manifest.class_ids)
+
+
 def biasworld_set(spec: dict[str, Any], cache_dir: Path | None):
     from pretrain.data.biasworld import generate
 
