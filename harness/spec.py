@@ -105,7 +105,8 @@ class Profile:
     data_source: str
     pretrain: dict[str, Any]
     transfer: dict[str, Any]  # every transfer job
-    tasks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per task, after `transfer`
+    # per task, after `transfer`; a task's `targets: {<target>: {...}}` then sizes one of its target datasets
+    tasks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     path: Path | None = None
 
 
@@ -225,9 +226,12 @@ def load_profile(name: str) -> Profile:
     tasks = raw.get("tasks", {}) or {}
     from transfer.tasks import TASKS
 
-    for task in tasks:
+    for task, sizes in tasks.items():
         if task not in TASKS:
             raise unknown(f"transfer task in profile {path}", task, TASKS)
+        for target in (sizes or {}).get("targets", {}) or {}:
+            if target not in TASKS[task].targets:
+                raise unknown(f"target of task '{task}' in profile {path}", target, TASKS[task].targets)
     return Profile(
         name=raw["name"],
         description=raw.get("description", ""),

@@ -39,6 +39,27 @@ def test_profile_scales_sizes_and_keeps_the_spec():
     assert t["moco"]["tau"] == q["moco"]["tau"] == 0.2  # the method's published value, untouched
 
 
+def test_profile_targets_size_one_target_of_a_task(tmp_path):
+    """A task's `targets` applies after the task's sizes and only to that target dataset (voc12_seg
+    is also the retrieval task's target: untouched there); a name not among the task's targets fails."""
+    p = plan(load_table("table3"), load_profile("tiny"))
+    spec = {p.table.column_specs[c]["data"]["name"]: p.jobs[k].spec
+            for (r, c), k in p.cells.items() if r == "IN-118K"}  # fmt: skip
+    voc, city = spec["voc12_seg"], spec["cityscapes"]
+    assert (voc["data"]["n_train"], voc["protocol"]["epochs"]) == (800, 8)
+    assert (city["data"]["n_train"], city["protocol"]["epochs"]) == (160, 4)  # the task's sizes
+    assert voc["protocol"]["crop_size"] == city["protocol"]["crop_size"] == 48  # tasks.segmentation
+    assert spec["voc_det"]["protocol"]["iterations"] == 400
+    t6 = plan(load_table("table6"), load_profile("tiny"))
+    retrieval = [j.spec for j in t6.jobs.values() if j.spec.get("task") == "retrieval"]
+    assert retrieval and all(r["data"]["n_train"] == 400 for r in retrieval)  # tasks.retrieval's own
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("name: mine\ndata_source: biasworld\npretrain: {}\ntransfer: {}\n"
+                   "tasks: {segmentation: {targets: {voc12seg: {data.n_train: 10}}}}\n")  # fmt: skip
+    with pytest.raises(HarnessError, match="voc12_seg"):
+        load_profile(str(bad))
+
+
 def test_scale_keeps_200_and_800_epoch_specs_apart():
     spec = {"epochs": 800, "data": {"size": 118_000}}
     assert apply_profile(spec, {"epochs": {"scale": 0.025}}, "p")["epochs"] == 20
