@@ -16,6 +16,7 @@ from harness.spec import (
     Profile,
     TableSpec,
     apply_profile,
+    apply_task_sizes,
     resolve,
     set_dotted,
     spec_hash,
@@ -196,12 +197,7 @@ def transfer_spec(table: TableSpec, column: str, profile: Profile, overrides: di
     defaults["data"]["source"] = profile.data_source
     spec = resolve(defaults, table.transfer, column_spec, where=f"table spec {table.path}")
     spec = apply_profile(spec, profile.transfer, f"profile {profile.path}")
-    sizes = dict(profile.tasks.get(task, {}) or {})
-    per_target = sizes.pop("targets", {}) or {}
-    spec = apply_profile(spec, sizes, f"profile {profile.path}, tasks.{task}")
-    spec = apply_profile(
-        spec, per_target.get(data_name, {}), f"profile {profile.path}, tasks.{task}.targets.{data_name}"
-    )
+    spec = apply_task_sizes(spec, profile, task, data_name)
     return _apply_overrides(spec, overrides, "transfer")
 
 

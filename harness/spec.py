@@ -392,6 +392,15 @@ def apply_profile(spec: dict, sizes: dict[str, Any], where: str) -> dict:
     return out
 
 
+def apply_task_sizes(spec: dict, profile: Profile, task: str, target: str) -> dict:
+    """A profile's `tasks.<task>` sizes, then that task's `targets.<target>` ones."""
+    sizes = dict(profile.tasks.get(task, {}) or {})
+    per_target = sizes.pop("targets", {}) or {}
+    spec = apply_profile(spec, sizes, f"profile {profile.path}, tasks.{task}")
+    where = f"profile {profile.path}, tasks.{task}.targets.{target}"
+    return apply_profile(spec, per_target.get(target, {}), where)
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["pretrain.epochs=5", "transfer.protocol.n_wd=9"]`` -> dotted keys to YAML-parsed values.
 

@@ -138,11 +138,11 @@ def test_loss_decreases_on_the_bias_world(uninterrupted: dict) -> None:
 
 @pytest.mark.parametrize("profile", ["smoke", "tiny"])
 def test_profile_task_sections_resolve_to_valid_protocols(profile: str) -> None:
-    from harness.spec import apply_profile, load_profile
+    from harness.spec import apply_task_sizes, load_profile
     from transfer.tasks import get_task
 
     prof = load_profile(profile)
     for task, target in (("segmentation", "nyud_seg"), ("depth", "nyud_depth"), ("detection", "voc_det")):
-        job = apply_profile(spec(task, target, {}), prof.tasks[task], f"{profile}.tasks.{task}")  # typos raise
+        job = apply_task_sizes(spec(task, target, {}), prof, task, target)  # typos raise
         protocol = get_task(task).protocol(**job["protocol"])
         assert protocol.n_runs == 1 and job["protocol"] != task_defaults(task, target)
