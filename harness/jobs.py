@@ -138,7 +138,7 @@ def _setup_torch(spec: dict) -> str:
 
 
 def run_pretrain(ctx: JobContext) -> dict:
-    from pretrain.methods import method_config
+    from pretrain.methods import method_config, needs_labels
     from pretrain.data import load_pretrain_images, load_pretrain_labels
     from pretrain.train import pretrain, random_init
 
@@ -152,7 +152,7 @@ def run_pretrain(ctx: JobContext) -> dict:
     else:
         cache = ctx.store.cache / "biasworld"
         data = load_pretrain_images(spec["data"], cache, ctx.roots)
-        labels = load_pretrain_labels(spec["data"], cache, ctx.roots) if spec["method"] == "supervised" else None
+        labels = load_pretrain_labels(spec["data"], cache, ctx.roots) if needs_labels(config) else None
         summary = pretrain(config, data, ctx.workdir, progress=ctx.progress, labels=labels)
     summary["backbone"] = str(Path(summary["backbone"]).relative_to(ctx.workdir))
     summary["backbones"] = {

@@ -204,6 +204,14 @@ def _one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
         )
 
 
+def views_without_small_crops(aug: AugConfig, views: str) -> None:
+    """A method whose views are fixed (SimCLR's two, supervised's one) refuses multi-crop's small crops."""
+    if aug.n_small:
+        raise ValueError(
+            f"aug.n_small={aug.n_small}: {views}, must be 0 (multi-crop rows of a MoCo table do not apply)"
+        )
+
+
 def _positive(name: str, value: int) -> None:
     if value < 1:
         raise ValueError(f"{name}={value}: must be >= 1")

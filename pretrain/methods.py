@@ -12,6 +12,7 @@ plans the same job as the row before it). A key of no method's section still fai
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import fields
 from typing import Any
 
@@ -100,6 +101,17 @@ def _module_entry(cfg: TrainConfig) -> tuple[str, type[nn.Module]]:
 def section(cfg: TrainConfig) -> Any:
     """The method section of `cfg` (cfg.moco, cfg.simclr, ...): it names the backbone (arch)."""
     return getattr(cfg, _module_entry(cfg)[0])
+
+
+def needs_labels(cfg: TrainConfig) -> bool:
+    """Whether the method trains on the images' labels (supervised): its module's forward takes `target`."""
+    return getattr(_module_entry(cfg)[1], "wants_targets", False)
+
+
+def with_section(cfg: TrainConfig, **fields: Any) -> TrainConfig:
+    """cfg with fields of its method section replaced (e.g. supervised.num_classes read from the data)."""
+    name = _module_entry(cfg)[0]
+    return dataclasses.replace(cfg, **{name: dataclasses.replace(section(cfg), **fields)})
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.backbones import build_backbone
-from pretrain.config import AugConfig, TrainConfig, _between, _positive
+from pretrain.config import AugConfig, TrainConfig, _between, _positive, views_without_small_crops
 from pretrain.moco import _full, world
 
 
@@ -61,11 +61,7 @@ class SimCLRConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.aug.n_small:
-            raise ValueError(
-                f"aug.n_small={self.aug.n_small}: SimCLR takes two views per image, must be 0 "
-                "(multi-crop rows of a MoCo table do not apply to SimCLR)"
-            )
+        views_without_small_crops(self.aug, "SimCLR takes two views per image")
 
 
 class GatherWithGradient(torch.autograd.Function):

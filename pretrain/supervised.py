@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.backbones import build_backbone
-from pretrain.config import AugConfig, TrainConfig, _between
+from pretrain.config import AugConfig, TrainConfig, _between, views_without_small_crops
 
 
 @dataclass
@@ -56,11 +56,7 @@ class SupervisedConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.aug.n_small:
-            raise ValueError(
-                f"aug.n_small={self.aug.n_small}: supervised training takes one view per image, "
-                "must be 0 (multi-crop rows of a MoCo table do not apply)"
-            )
+        views_without_small_crops(self.aug, "supervised training takes one view per image")
 
 
 class Supervised(nn.Module):

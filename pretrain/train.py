@@ -13,7 +13,6 @@ pretrain/moco.py's shuffling BN). Rank 0 writes checkpoints and backbones.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -32,8 +31,14 @@ from torch import Tensor
 from pretrain.augment import BatchAugment, CropViews
 from pretrain.backbones import save_backbone
 from pretrain.config import PretrainConfig, TrainConfig
-from pretrain.supervised import SupervisedConfig
-from pretrain.methods import build_model, forward_flags, frozen_parameters, section
+from pretrain.methods import (
+    build_model,
+    forward_flags,
+    frozen_parameters,
+    needs_labels,
+    section,
+    with_section,
+)
 from pretrain.moco import MoCo, world
 
 Progress = Callable[[dict], None]
@@ -176,10 +181,10 @@ def _train_epoch(
         _device(cfg.device).type, torch.bfloat16, enabled=cfg.precision == "bf16"
     )
     total, start = 0.0, time.perf_counter()
-    targets = getattr(_inner(model), "wants_targets", False)
+    wants = needs_labels(cfg)
     for step, (anchor, positives, index) in enumerate(batches):
         with autocast:
-            if targets:
+            if wants:
                 loss = model(anchor, positives, target=labels[index].to(anchor.device), **flags)
             else:
                 loss = model(anchor, positives, **flags)
@@ -219,9 +224,9 @@ def _train_epoch(
 def with_classes(
     cfg: TrainConfig, labels: Tensor | None, n: int
 ) -> tuple[TrainConfig, Tensor | None]:
-    """The supervised method's config with num_classes read from the labels, which are checked;
-    other methods' unchanged (their labels, if any, are not used)."""
-    if not isinstance(cfg, SupervisedConfig):
+    """A method that trains on labels (supervised): its config with num_classes read from the labels,
+    which are checked; other methods' unchanged (their labels, if any, are not used)."""
+    if not needs_labels(cfg):
         return cfg, None
     if labels is None:
         raise ValueError(
@@ -234,8 +239,7 @@ def with_classes(
     if labels.ndim == 1 and (labels.dtype.is_floating_point or labels.min() < 0):
         raise ValueError("single-label targets must be class ids >= 0")
     classes = labels.shape[1] if labels.ndim == 2 else int(labels.max()) + 1
-    section = dataclasses.replace(cfg.supervised, num_classes=classes)
-    return dataclasses.replace(cfg, supervised=section), labels.long() if labels.ndim == 1 else labels
+    return with_section(cfg, num_classes=classes), labels.long() if labels.ndim == 1 else labels
 
 
 def _mean_over_processes(loss: Tensor) -> float:
