@@ -224,8 +224,9 @@ def _train_epoch(
 def with_classes(
     cfg: TrainConfig, labels: Tensor | None, n: int
 ) -> tuple[TrainConfig, Tensor | None]:
-    """A method that trains on labels (supervised): its config with num_classes read from the labels,
-    which are checked; other methods' unchanged (their labels, if any, are not used)."""
+    """A method that trains on labels (supervised): its config with num_classes read from the labels
+    (or, when the spec sets it, checked against them), the labels checked; other methods' unchanged
+    (their labels, if any, are not used)."""
     if not needs_labels(cfg):
         return cfg, None
     if labels is None:
@@ -239,6 +240,15 @@ def with_classes(
     if labels.ndim == 1 and (labels.dtype.is_floating_point or labels.min() < 0):
         raise ValueError("single-label targets must be class ids >= 0")
     classes = labels.shape[1] if labels.ndim == 2 else int(labels.max()) + 1
+    given = section(cfg).num_classes
+    if given is not None:  # set in the spec: the labels must fit it (a class may have no image)
+        if classes > given or (labels.ndim == 2 and classes != given):
+            kind = f"rows of width {classes}" if labels.ndim == 2 else f"class ids up to {classes - 1}"
+            raise ValueError(
+                f"supervised.num_classes={given}, but the labels have {kind}: leave "
+                "supervised.num_classes unset to read it from the labels"
+            )
+        classes = given
     return with_section(cfg, num_classes=classes), labels.long() if labels.ndim == 1 else labels
 
 

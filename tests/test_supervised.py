@@ -61,6 +61,19 @@ def test_multi_label_rows_train_a_sigmoid_per_class(tmp_path: Path) -> None:
     assert out["loss_curve"][-1] < out["loss_curve"][0] < math.log(2) + 0.2
 
 
+def test_num_classes_from_the_spec_is_kept_when_the_labels_fit_it() -> None:
+    """A spec's supervised.num_classes wins (a class may have no image in the set); labels beyond
+    it, or multi-label rows of another width, fail naming the setting."""
+    cfg, _ = with_classes(config(**{"supervised.num_classes": 5}), LABELS, N)
+    assert cfg.supervised.num_classes == 5  # the labels alone say 2
+    assert with_classes(config(), LABELS, N)[0].supervised.num_classes == 2
+    with pytest.raises(ValueError, match=r"num_classes=1, but the labels have class ids up to 1"):
+        with_classes(config(**{"supervised.num_classes": 1}), LABELS, N)
+    rows = torch.ones(N, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"num_classes=4, but the labels have rows of width 3"):
+        with_classes(config(**{"supervised.num_classes": 4}), rows, N)
+
+
 def test_missing_or_malformed_labels_fail_before_training(tmp_path: Path) -> None:
     images = coloured(LABELS)
     with pytest.raises(ValueError, match="needs the images' labels"):
