@@ -199,8 +199,8 @@ def check_free_space(root: Path, min_free_gb: float) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     the_plan = make_plan(args)
     store = open_store(args.results)
-    cached = sum(store.is_done(job) for job in the_plan.jobs.values())
-    total = len(the_plan.jobs)
+    to_run = [job for job in the_plan.jobs.values() if not store.is_done(job)]
+    total, cached = len(the_plan.jobs), len(the_plan.jobs) - len(to_run)
     shared = f", {sum(len(p.jobs) for p in the_plan.parts)} summed over tables" if the_plan.parts else ""
     print(f"{the_plan.table.name} · profile {the_plan.profile.name} · {total} jobs{shared} "
           f"({cached} cached, {total - cached} to run) · results {store.root}", file=sys.stderr)  # fmt: skip
@@ -210,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_free_space(store.root, args.min_free_gb)
     executor = make_executor(args.executor, args.cluster, dataset_roots(args))
     started = time.time()
-    outcome = executor.run(the_plan, store, Reporter(total))
+    outcome = executor.run(the_plan, store, Reporter(total, pending=to_run))
     collated = [collate(part, store) for part in the_plan.parts or [the_plan]]
     paths = render_all(collated, store) + (write_report(store, collated) if the_plan.parts else [])
     print("\n".join(RENDERERS["md"](c) for c in collated))

@@ -1,7 +1,9 @@
 """Live progress of a run: one line per finished job, and a live status line for the running one.
 
 On a terminal the status line is redrawn in place; elsewhere (CI, log files) it is printed at most
-every `quiet_s` seconds so logs stay short.
+every `quiet_s` seconds so logs stay short. Given the jobs still to run, each finished line ends with
+the job time left, estimated from the jobs finished so far (see `cost_class`): one process runs jobs
+one after another, so locally that is the time to the end; on SLURM, the serial work still queued.
 """
 
 from __future__ import annotations
@@ -13,8 +15,32 @@ from typing import TextIO
 from harness.planner import Job
 
 
+def cost_class(job: Job) -> tuple[tuple, float]:
+    """(class, units): jobs of one class cost about the same per unit. Pretraining: a method with
+    its number of small crops, per epoch; a transfer job: its task on its target, per job. The
+    first two fields name the kin classes (a task on other targets) of a class not seen yet."""
+    spec = job.spec
+    if job.kind == "pretrain":
+        small = (spec.get("aug") or {}).get("n_small", 0)
+        return ("pretrain", spec.get("method"), small), float(max(spec.get("epochs") or 1, 1))
+    return (job.kind, spec.get("task"), (spec.get("data") or {}).get("name")), 1.0
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return f"{seconds:.0f} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
 class Reporter:
-    def __init__(self, total: int, stream: TextIO | None = None, quiet_s: float = 30.0):
+    def __init__(
+        self,
+        total: int,
+        stream: TextIO | None = None,
+        quiet_s: float = 30.0,
+        pending: list[Job] | None = None,
+    ):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.total = total
@@ -23,10 +49,13 @@ class Reporter:
         self._started: dict[str, float] = {}
         self._last_line = 0.0
         self._slurm_seen: dict[str, str] = {}
+        self._pending = {job.key: job for job in pending or []}  # to run: for the time-left estimate
+        self._cost: dict[tuple, list] = {}  # class -> [seconds, units, jobs] of the finished jobs
 
     # -- events -----------------------------------------------------------------------------
 
     def cached(self, job: Job) -> None:
+        self._pending.pop(job.key, None)
         self._line(f"= {job.name}  (cached)")
 
     def start(self, job: Job) -> None:
@@ -42,13 +71,43 @@ class Reporter:
         summary = f"{result['value']:.2f}" if "value" in result else ""
         if "loss_history" in result and result["loss_history"]:
             summary = f"loss {result['loss_history'][-1]:.3f}"
-        self._line(f"+ {job.name}  {summary}  {wall:.1f} s" if wall is not None else f"+ {job.name}")
+        started = self._started.get(job.key)
+        seconds = wall if wall is not None else None if started is None else time.time() - started
+        if self._pending.pop(job.key, None) is not None and seconds is not None:
+            cls, units = cost_class(job)
+            cost = self._cost.setdefault(cls, [0.0, 0.0, 0])
+            cost[0], cost[1], cost[2] = cost[0] + seconds, cost[1] + units, cost[2] + 1
+        text = f"+ {job.name}  {summary}  {wall:.1f} s" if wall is not None else f"+ {job.name}"
+        self._line(text + self._left())
 
     def failed(self, job: Job, reason: str) -> None:
+        self._pending.pop(job.key, None)
         self._line(f"! {job.name}  FAILED: {reason}")
 
     def blocked(self, job: Job, by: Job) -> None:
+        self._pending.pop(job.key, None)
         self._line(f"x {job.name}  blocked by failed '{by.name}'")
+
+    def time_left(self) -> float | None:
+        """Seconds of job time still to run: each pending job at its class's mean cost per unit so
+        far; a class not seen yet at its task's (or method's) mean job on other targets (or crops),
+        else at the mean finished job. None before a job finished."""
+        if not self._cost:
+            return None
+        left = 0.0
+        for job in self._pending.values():
+            cls, units = cost_class(job)
+            seconds, done, _ = self._cost.get(cls, (0.0, 0.0, 0))
+            if done:
+                left += seconds / done * units
+                continue
+            kin = [c for k, c in self._cost.items() if k[:2] == cls[:2]] or list(self._cost.values())
+            left += sum(c[0] for c in kin) / sum(c[2] for c in kin)
+        return left
+
+    def _left(self) -> str:
+        left = self.time_left() if self._pending else None
+        return f"  · ~{_duration(left)} of jobs left" if left is not None else ""
 
     def submitted(self, job: Job, slurm_id: str) -> None:
         self._line(f"^ {job.name}  submitted as SLURM job {slurm_id}", count=False)
