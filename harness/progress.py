@@ -27,9 +27,9 @@ def cost_class(job: Job) -> tuple[tuple, float]:
 
 
 def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 1:
+    if seconds < 90:
         return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
