@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from typing import TextIO
 
 from harness.planner import Job
@@ -33,6 +34,39 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
+class TimeLeft:
+    """Job time still to run, from the jobs finished so far: each pending job at its class's mean
+    cost per unit (cost_class); a class not seen yet at its kin's mean job (its task on other
+    targets, its method with other crops), else at the mean finished job."""
+
+    def __init__(self) -> None:
+        self._cost: dict[tuple, list] = {}  # class -> [seconds, units, jobs] of the finished jobs
+
+    def add(self, job: Job, seconds: float) -> None:
+        cls, units = cost_class(job)
+        cost = self._cost.setdefault(cls, [0.0, 0.0, 0])
+        cost[0], cost[1], cost[2] = cost[0] + seconds, cost[1] + units, cost[2] + 1
+
+    def __call__(self, pending: Iterable[Job]) -> float | None:
+        """Seconds for `pending`; None before any job finished."""
+        if not self._cost:
+            return None
+        left = 0.0
+        for job in pending:
+            cls, units = cost_class(job)
+            seconds, done, _ = self._cost.get(cls, (0.0, 0.0, 0))
+            if done:
+                left += seconds / done * units
+                continue
+            kin = [c for k, c in self._cost.items() if k[:2] == cls[:2]] or list(self._cost.values())
+            left += sum(c[0] for c in kin) / sum(c[2] for c in kin)
+        return left
+
+
+def time_left_line(left: float | None) -> str:
+    return f"~{_duration(left)} of jobs left" if left is not None else ""
+
+
 class Reporter:
     def __init__(
         self,
@@ -50,7 +84,7 @@ class Reporter:
         self._last_line = 0.0
         self._slurm_seen: dict[str, str] = {}
         self._pending = {job.key: job for job in pending or []}  # to run: for the time-left estimate
-        self._cost: dict[tuple, list] = {}  # class -> [seconds, units, jobs] of the finished jobs
+        self._time_left = TimeLeft()
 
     # -- events -----------------------------------------------------------------------------
 
@@ -74,9 +108,7 @@ class Reporter:
         started = self._started.get(job.key)
         seconds = wall if wall is not None else None if started is None else time.time() - started
         if self._pending.pop(job.key, None) is not None and seconds is not None:
-            cls, units = cost_class(job)
-            cost = self._cost.setdefault(cls, [0.0, 0.0, 0])
-            cost[0], cost[1], cost[2] = cost[0] + seconds, cost[1] + units, cost[2] + 1
+            self._time_left.add(job, seconds)
         text = f"+ {job.name}  {summary}  {wall:.1f} s" if wall is not None else f"+ {job.name}"
         self._line(text + self._left())
 
@@ -89,25 +121,12 @@ class Reporter:
         self._line(f"x {job.name}  blocked by failed '{by.name}'")
 
     def time_left(self) -> float | None:
-        """Seconds of job time still to run: each pending job at its class's mean cost per unit so
-        far; a class not seen yet at its task's (or method's) mean job on other targets (or crops),
-        else at the mean finished job. None before a job finished."""
-        if not self._cost:
-            return None
-        left = 0.0
-        for job in self._pending.values():
-            cls, units = cost_class(job)
-            seconds, done, _ = self._cost.get(cls, (0.0, 0.0, 0))
-            if done:
-                left += seconds / done * units
-                continue
-            kin = [c for k, c in self._cost.items() if k[:2] == cls[:2]] or list(self._cost.values())
-            left += sum(c[0] for c in kin) / sum(c[2] for c in kin)
-        return left
+        """Seconds of job time still to run (TimeLeft); None before a job finished."""
+        return self._time_left(self._pending.values())
 
     def _left(self) -> str:
         left = self.time_left() if self._pending else None
-        return f"  · ~{_duration(left)} of jobs left" if left is not None else ""
+        return f"  · {time_left_line(left)}" if left is not None else ""
 
     def submitted(self, job: Job, slurm_id: str) -> None:
         self._line(f"^ {job.name}  submitted as SLURM job {slurm_id}", count=False)

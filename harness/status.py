@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from harness.planner import Job
-from harness.progress import describe
-from harness.store import DONE, FAILED, PENDING, Store, read_json
+from harness.progress import TimeLeft, describe, time_left_line
+from harness.store import BLOCKED, DONE, FAILED, PENDING, Store, read_json
 
 
 def job_state(store: Store, job: Job, slurm_states: dict[str, str]) -> str:
@@ -54,9 +54,14 @@ def print_status(jobs: list[Job], store: Store, log_lines: int = 3) -> None:
         f"{'job':<12}  {'kind':<9}  {'state':<16} {'elapsed':>8}  {'slurm':>7}  name / progress / log"
     )
     counts: dict[str, int] = {}
+    time_left, to_run = TimeLeft(), []
     for job in jobs:
         state = job_state(store, job, slurm_states)
         took = elapsed(store, job)
+        if state == DONE and took is not None:
+            time_left.add(job, took)
+        elif state not in (DONE, FAILED, BLOCKED, "cancelled"):
+            to_run.append(job)
         info = store.slurm(job) or {}
         progress = store.progress(job) if state != DONE else None
         where = store.job_dir(job.key, job.kind) / "log.txt"
@@ -71,7 +76,9 @@ def print_status(jobs: list[Job], store: Store, log_lines: int = 3) -> None:
             for line in log_tail(where if where.exists() else _slurm_stderr(info), log_lines):
                 print(f"{'':<60}| {line}")
         counts[state] = counts.get(state, 0) + 1
-    print(f"{len(jobs)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    left = time_left(to_run) if to_run else None
+    estimate = f" · {time_left_line(left)} (from the {counts.get(DONE, 0)} done)" if left is not None else ""
+    print(f"{len(jobs)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + estimate)
 
 
 def log_tail(path: Path | None, lines: int) -> list[str]:

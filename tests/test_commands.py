@@ -57,6 +57,20 @@ def test_status_shows_state_progress_elapsed_and_log_of_failures(capsys, failed_
     assert lines[-1] == "2 jobs: 1 done, 1 failed"
 
 
+def test_status_estimates_the_job_time_left_from_the_finished_jobs(capsys, failed_store) -> None:
+    """table2's IN-118K row on the bias world: its pretraining is done, its 7 linear jobs are still to
+    run; with no linear job finished, each is estimated at the mean finished job (the pretraining)."""
+    from harness.progress import time_left_line
+
+    code, out, _ = harness(capsys, "status", "table2", "--profile", "smoke", "--rows", "IN-118K",
+                           "--results", str(failed_store))  # fmt: skip
+    assert code == 0
+    [pre] = job_dirs(failed_store, "pretrain")
+    prov = json.loads((pre / "provenance.json").read_text())
+    expected = time_left_line(7 * (prov["ended"] - prov["started"]))
+    assert out.splitlines()[-1] == f"8 jobs: 1 done, 7 pending · {expected} (from the 1 done)"
+
+
 def test_status_shows_epoch_progress_and_slurm_id(capsys, tmp_path, failed_store) -> None:
     results = copy_of(failed_store, tmp_path)
     transfer = job_dirs(results, "transfer")[0]
