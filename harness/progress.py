@@ -8,6 +8,7 @@ one after another, so locally that is the time to the end; on SLURM, the serial 
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections.abc import Iterable
@@ -35,17 +36,17 @@ def _duration(seconds: float) -> str:
 
 
 class TimeLeft:
-    """Job time still to run, from the jobs finished so far: each pending job at its class's mean
-    cost per unit (cost_class); a class not seen yet at its kin's mean job (its task on other
-    targets, its method with other crops), else at the mean finished job."""
+    """Job time still to run, from the jobs finished so far: each pending job at its class's median
+    cost per unit (cost_class; the median, so that one job slowed by a pause or a busy machine does
+    not skew its class); a class not seen yet at its kin's mean job (its task on other targets, its
+    method with other crops), else at the mean finished job."""
 
     def __init__(self) -> None:
-        self._cost: dict[tuple, list] = {}  # class -> [seconds, units, jobs] of the finished jobs
+        self._cost: dict[tuple, list[tuple[float, float]]] = {}  # class -> [(seconds, units)] finished
 
     def add(self, job: Job, seconds: float) -> None:
         cls, units = cost_class(job)
-        cost = self._cost.setdefault(cls, [0.0, 0.0, 0])
-        cost[0], cost[1], cost[2] = cost[0] + seconds, cost[1] + units, cost[2] + 1
+        self._cost.setdefault(cls, []).append((seconds, units))
 
     def __call__(self, pending: Iterable[Job]) -> float | None:
         """Seconds for `pending`; None before any job finished."""
@@ -54,12 +55,11 @@ class TimeLeft:
         left = 0.0
         for job in pending:
             cls, units = cost_class(job)
-            seconds, done, _ = self._cost.get(cls, (0.0, 0.0, 0))
-            if done:
-                left += seconds / done * units
+            if done := self._cost.get(cls):
+                left += statistics.median(seconds / n for seconds, n in done) * units
                 continue
             kin = [c for k, c in self._cost.items() if k[:2] == cls[:2]] or list(self._cost.values())
-            left += sum(c[0] for c in kin) / sum(c[2] for c in kin)
+            left += statistics.mean(seconds for c in kin for seconds, _ in c)
         return left
 
 
