@@ -63,8 +63,8 @@ class TimeLeft:
         return left
 
 
-def time_left_line(left: float | None) -> str:
-    return f"~{_duration(left)} of jobs left" if left is not None else ""
+def time_left_line(left: float) -> str:
+    return f"~{_duration(left)} of jobs left"
 
 
 class Reporter:

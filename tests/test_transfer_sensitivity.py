@@ -12,14 +12,10 @@ DAVIS J&F 27.9 -> 40.7, retrieval mIoU 5.6 -> 8.2: every task 16% better or more
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.test_table2_e2e import cli
 
 SPEC = """\
 name: sensitivity
@@ -43,13 +39,6 @@ higher_is_better: [true, true, true, true, false, true, true, true]
 """
 LOWER_IS_BETTER = {"Depth NYUD"}
 MARGIN = 0.10  # "clearly": at least 10% better than Rand. init., relative
-
-
-def cli(*args) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "harness", *map(str, args)], cwd=REPO,
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout}\n{out.stderr}"
-    return out
 
 
 @pytest.fixture(scope="module")
