@@ -68,19 +68,22 @@ def images(n: int, side: int, seed: int = 0) -> torch.Tensor:
 
 
 def config(
-    s: dict, threads: int, precision: str, multicrop: bool, epochs: int = 1
+    s: dict, threads: int, precision: str, multicrop: bool, epochs: int = 1, device: str = "cpu",
+    workers: int = 0,
 ) -> PretrainConfig:
-    """The harness config of one run (tiny profile's lr, plain MoCo-v2 or multi-crop)."""
+    """The harness config of one run (tiny profile's lr, plain MoCo-v2 or multi-crop; s["arch"], default
+    ResNet-18). workers: DataLoader workers of the per-image path (a Dataset of PIL images)."""
     return PretrainConfig.from_dict(
         {
-            "moco": {"arch": "resnet18", "queue_size": s["queue"], "knn_warmup": 0},
+            "moco": {"arch": s.get("arch", "resnet18"), "queue_size": s["queue"], "knn_warmup": 0},
             "aug": {"size": s["size"], "n_small": N_SMALL if multicrop else 0},
             "epochs": epochs,
             "batch_size": s["batch"],
             "lr": 0.03,
             "precision": precision,
-            "device": "cpu",
+            "device": device,
             "threads": threads,
+            "num_workers": workers,
         }
     )
 
@@ -131,24 +134,39 @@ class Views(torch.utils.data.Dataset):
         ]
 
 
-def reference_epoch(cfg: PretrainConfig, data: torch.Tensor, workers: int) -> float:
-    """Images per second of one epoch of the official-style loop (fp32, per-image PIL aug in workers)."""
+def pil_images(data: torch.Tensor) -> list[Image.Image]:
+    """The uint8 N x 3 x H x W images as PIL images (what a real dataset's loader hands the transforms)."""
+    return [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in data]
+
+
+def reference_epoch(cfg: PretrainConfig, data: torch.Tensor, workers: int) -> dict:
+    """One epoch of the official-style loop (fp32, default memory format, per-image PIL aug in workers; on a
+    GPU, main_moco.py's pinned batches copied with non_blocking): images per second and, on a GPU, the peak
+    memory allocated."""
+    device = torch.device(cfg.device)
+    cuda = device.type == "cuda"
     torch.manual_seed(cfg.seed)
-    model = MoCo(cfg.moco)
+    model = MoCo(cfg.moco).to(device)
     opt = torch.optim.SGD(model.query_parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
                           weight_decay=cfg.weight_decay)  # fmt: skip
-    pil = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in data]
-    loader = torch.utils.data.DataLoader(Views(pil, cfg), batch_size=cfg.batch_size, shuffle=True,
-                                         num_workers=workers, drop_last=True)  # fmt: skip
+    loader = torch.utils.data.DataLoader(Views(pil_images(data), cfg), batch_size=cfg.batch_size, shuffle=True,
+                                         num_workers=workers, drop_last=True, pin_memory=cuda)  # fmt: skip
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for views in loader:
+        views = [v.to(device, non_blocking=True) for v in views]
         anchor, positive, small = views[0], views[1], views[2:]
         positives = [positive, torch.cat(small)] if small else [positive]  # small crops crop-major
         loss = model(anchor, positives)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return len(loader) * cfg.batch_size / (time.perf_counter() - start)
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"images_per_s": len(loader) * cfg.batch_size / seconds,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the harness
@@ -187,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = images(s["steps"] * s["batch"], s["image"])
     figures, rows = {}, []
     for name, multicrop in (("mocov2", False), ("multicrop", True)):
-        ref = reference_epoch(config(s, args.threads, "fp32", multicrop), data, args.workers)
+        ref = reference_epoch(config(s, args.threads, "fp32", multicrop), data, args.workers)["images_per_s"]
         fp32 = harness_run(config(s, args.threads, "fp32", multicrop), data)["images_per_s"]
         bf16 = harness_run(config(s, args.threads, "bf16", multicrop), data)["images_per_s"]
         figures[name] = {"reference_fp32_img_s": ref, "harness_fp32_img_s": fp32, "harness_bf16_img_s": bf16,

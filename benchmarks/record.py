@@ -31,6 +31,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 

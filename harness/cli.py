@@ -261,7 +261,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("pretrain", "linear", "orchestration", "scaling", "all")
+BENCHMARKS = ("pretrain", "linear", "orchestration", "scaling", "gpu", "all")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -269,6 +269,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
 
     names = BENCHMARKS[:-1] if args.which == "all" else (args.which,)
+    if args.which == "all" and not args.quick:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("bench gpu: skipped (no CUDA device here)")
+            names = tuple(n for n in names if n != "gpu")
     for name in names:
         script = Path(__file__).resolve().parent.parent / "benchmarks" / f"bench_{name}.py"
         if subprocess.run([sys.executable, str(script), *(["--quick"] if args.quick else [])]).returncode:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.cli import main
 
@@ -96,6 +97,34 @@ def test_bench_scaling_quick(tmp_path: Path) -> None:
     assert figures["pretrain_n_small"]["relative"][0] == 1.0
     rows = [max(1, c // 25) for c in s["cells"]]  # a pretraining per row, a transfer per cell
     assert figures["planner_cells"]["jobs"] == [c + r for c, r in zip(s["cells"], rows)]
+
+
+def test_bench_gpu_quick(tmp_path: Path) -> None:
+    """The GPU benchmark's code on whatever device there is: the reference loop, the harness's tensor and
+    worker paths, peak memory where there is a GPU, and the bf16 check."""
+    out = run_quick("bench_gpu", tmp_path)
+    f, s = out["figures"], out["settings"]
+    cuda = out["machine"]["gpu"] is not None
+    assert f["device"] == (out["machine"]["gpu"] if cuda else "cpu")
+    assert f["reference_fp32"]["images_per_s"] > 0 and f["reference_fp32"]["workers"] == s["workers"]
+    variants = ["tensor_fp32", "tensor_bf16", *(f"workers{w}_bf16" for w in s["workers_grid"])]
+    for name in variants:
+        v = f[name]
+        assert v["images_per_s"] > 0 and v["speedup"] == v["images_per_s"] / f["reference_fp32"]["images_per_s"]
+        assert (v["peak_memory_gib"] > 0) if cuda else v["peak_memory_gib"] is None, (name, v)
+    assert f["best"] == max(variants, key=lambda n: f[n]["images_per_s"])
+    check = f["bf16_numerics"]
+    assert len(check["loss_fp32"]) == len(check["loss_bf16"]) == s["check_epochs"]
+    assert check["within_tolerance"] == (check["max_rel_gap"] <= check["tolerance"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the full benchmark would run")
+def test_bench_gpu_without_a_gpu_says_so(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_gpu.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "no CUDA device here" in done.stderr and "--quick" in done.stderr
+    assert not (tmp_path / "bench_gpu.json").exists()
 
 
 def test_bench_command_names_the_closest_benchmark(capsys: pytest.CaptureFixture) -> None:
