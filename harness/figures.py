@@ -88,9 +88,10 @@ def _loss_curves(c: Collated, store: Store) -> list[Path]:
 
 
 def _epoch_curves(c: Collated, store: Store) -> list[Path]:
-    """Each column against the epoch its backbone was kept at, one line per row (Figure 5: transfer
-    vs training time, from the table's checkpoints). The CSV's pretrain_s_est is the row's pretraining
-    wall time pro rata by epoch (the paper's x is time; epochs cost alike within a run)."""
+    """Each column against the training time of the backbone it was given, one line per row (Figure 5:
+    transfer vs training time, from the table's checkpoints). A point's time, the CSV's pretrain_s_est, is its
+    row's pretraining wall time pro rata by epoch (epochs cost alike within a run); with a row not yet
+    timed, the x axis is the epoch."""
     records = [
         _checkpoint_record(c, store, *point, key) for point, key in c.plan.checkpoints.items()
     ]
@@ -102,12 +103,20 @@ def _epoch_curves(c: Collated, store: Store) -> list[Path]:
     fig, axes = plt.subplots(
         1, len(columns), figsize=(3.4 * len(columns), 3), dpi=150, squeeze=False
     )
+    # x: training time, as the paper's (a multi-crop epoch costs more than a two-crop one), when every
+    # row's pretraining recorded its wall time; the epoch otherwise
+    timed = data["pretrain_s_est"].notna().all()
+    scale, unit = (3600, "h") if timed and data["pretrain_s_est"].max() >= 7200 else (60, "min")
     for ax, column in zip(axes[0], columns):
         for row in c.measured.index:
             line = data[(data["row"] == row) & (data["column"] == column)].drop_duplicates("epoch")
-            ax.plot(line["epoch"], line["value"], marker="o", ms=3, label=row)
-        ax.set_xlabel("pretraining epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+            x = line["pretrain_s_est"] / scale if timed else line["epoch"]
+            ax.plot(x, line["value"], marker="o", ms=3, label=row)
+        if timed:
+            ax.set_xlabel(f"pretraining time ({unit}, this machine)")
+        else:
+            ax.set_xlabel("pretraining epoch")
+            ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(column, fontsize=9)
         ax.legend(fontsize=7)
     return _save(c, store, fig, records)

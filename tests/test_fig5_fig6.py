@@ -134,6 +134,10 @@ def test_fig5_smoke_run_draws_transfer_against_epochs(fig5_run):
     assert sorted(data["paper_epoch"].unique()) == [40, 80, 120, 160, 200]
     assert (data["status"] == "done").all() and data["value"].between(0, 100).all()
     assert data.groupby("row")["epoch"].apply(set).tolist() == [{1, 2}, {1, 2}]
+    # the x axis, training time: each row's pretraining wall time pro rata by epoch
+    for row, points in data.groupby("row"):
+        walls = points["pretrain_s_est"] / points["epoch"] * points["epochs"]
+        assert (points["pretrain_s_est"] > 0).all() and np.allclose(walls, walls.iloc[0]), (row, points)
     final = data[data["paper_epoch"] == 200].set_index("row")["value"]
     table = pd.read_csv(tmp_path / "fig5.csv").pivot(index="row", columns="column", values="value")
     assert np.allclose(final.sort_index(), table["VOC SVM"].sort_index())  # the table's cells
