@@ -114,7 +114,11 @@ def header(c: Collated) -> tuple[str, str]:
 def to_markdown(c: Collated) -> str:
     title, note = header(c)
     label = "Pretrain Data"
-    parts = [f"## {title}", "", f"Measured, {note}:", "", _md(grid(c, "measured"), label), ""]
+    measured = grid(c, "measured")
+    if not len(measured.columns):  # a figure of pretraining curves (Figure 3): no transfer cells
+        return "\n".join([f"## {title}", "", f"Measured, {note}: no transfer cells; the figure draws each row's "
+                          f"pretraining ({', '.join(measured.index)}).", ""])  # fmt: skip
+    parts = [f"## {title}", "", f"Measured, {note}:", "", _md(measured, label), ""]
     if c.plan.table.paper:
         parts += [
             f"Paper (published, {c.plan.table.source}):",

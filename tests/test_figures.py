@@ -34,6 +34,8 @@ def test_fig3_loss_curves_and_fig2_lines_share_pretraining(tmp_path):
     assert set(curves["row"]) == {"none", "IoU < 0.5"}
     assert curves["loss"].notna().all() and (curves["loss"] > 0).all()
     assert (tmp_path / "fig3.png").stat().st_size > 10_000
+    md = (tmp_path / "fig3.md").read_text()  # no transfer cells: a line, not an empty table
+    assert "no transfer cells" in md and "none, IoU < 0.5" in md and "|" not in md
     out = cli("run", "fig2", *smoke, "--columns", "VOC SVM")
     assert "4 jobs (2 cached, 2 to run)" in out.stderr  # fig2's pretraining jobs are fig3's
     lines = pd.read_csv(tmp_path / "fig2_data.csv")
