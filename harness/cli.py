@@ -107,6 +107,8 @@ def executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", type=choice("executor", EXECUTORS),
                    help=" or ".join(EXECUTORS))  # fmt: skip
     p.add_argument("--cluster", default="local", help="SLURM cluster profile in slurm/profiles/")
+    p.add_argument("--jobs", "-j", type=int, default=1,
+                   help="local executor: jobs at once, each pinned to its share of the cores (default 1)")  # fmt: skip
     p.add_argument("--min-free-gb", type=float, default=MIN_FREE_GB,
                    help=f"least free space in --results to start (default {MIN_FREE_GB})")  # fmt: skip
 
@@ -208,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_plan(the_plan, store)
         return 0
     check_free_space(store.root, args.min_free_gb)
-    executor = make_executor(args.executor, args.cluster, dataset_roots(args))
+    executor = make_executor(args.executor, args.cluster, dataset_roots(args), args.jobs)
     started = time.time()
     outcome = executor.run(the_plan, store, Reporter(total, pending=to_run))
     collated = [collate(part, store) for part in the_plan.parts or [the_plan]]

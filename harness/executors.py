@@ -47,12 +47,19 @@ def blocked_by(job: Job, states: dict[str, str]) -> str | None:
 
 
 class LocalExecutor:
-    """Runs each job in this process, in topological order; a failure does not stop the others."""
+    """Runs each job in this process, in topological order; a failure does not stop the others.
+    With jobs > 1, up to that many jobs at once, each in a worker process pinned to its own share of the
+    cores (`ParallelRun`)."""
 
-    def __init__(self, roots: dict[str, str] | None = None):
+    def __init__(self, roots: dict[str, str] | None = None, jobs: int = 1):
+        if jobs < 1:
+            raise HarnessError(f"--jobs {jobs}: give at least 1 (jobs run at once on this machine)")
         self.roots = roots or {}
+        self.jobs = jobs
 
     def run(self, plan: Plan, store: Store, reporter: Reporter) -> Outcome:
+        if self.jobs > 1:
+            return ParallelRun(plan, store, reporter, self.roots, self.jobs).run()
         outcome = Outcome()
         for job in plan.jobs.values():
             store.register(job)
@@ -77,6 +84,92 @@ class LocalExecutor:
             return FAILED
         reporter.finished(job, result)
         return DONE
+
+
+def core_shares(cores: list[int], workers: int) -> list[list[int]]:
+    """`cores` dealt into `workers` contiguous shares as even as can be (the first get one more)."""
+    size, extra = divmod(len(cores), workers)
+    bounds = [i * size + min(i, extra) for i in range(workers + 1)]
+    return [cores[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+_SHARES: Any = None  # a worker's queue of core shares (set by the pool's initializer)
+
+
+def _pin_worker(shares: Any) -> None:
+    """Pool initializer: this worker takes one share of the cores for good; a job's torch threads (and
+    the linear protocol's) follow the cores this process may use."""
+    os.sched_setaffinity(0, shares.get())
+
+
+def _run_job(results: str, key: str, roots: dict[str, str]) -> dict:
+    return JobRunner(results, key, roots)()
+
+
+class ParallelRun:
+    """The local executor with `workers` jobs at once: a job starts when its dependencies are done, in
+    plan order among the ready ones; each worker process is pinned to its own cores (a 2-core machine,
+    2 workers: a core each). Progress lines come as jobs finish; each job's live progress is in its
+    progress.json (`status`). A failure blocks its dependents and nothing else."""
+
+    def __init__(self, plan: Plan, store: Store, reporter: Reporter, roots: dict[str, str], workers: int):
+        self.plan, self.store, self.reporter, self.roots = plan, store, reporter, roots
+        cores = sorted(os.sched_getaffinity(0))
+        self.workers = min(workers, len(cores))
+        self.shares = core_shares(cores, self.workers)
+
+    def run(self) -> Outcome:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        outcome, waiting = Outcome(), list(self.plan.jobs.values())
+        for job in waiting:
+            self.store.register(job)
+        # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang
+        context = multiprocessing.get_context("spawn")
+        running: dict[Any, Job] = {}
+        with context.Manager() as manager, ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_pin_worker, initargs=(queue := manager.Queue(),)
+        ) as pool:
+            for share in self.shares:
+                queue.put(share)
+            try:
+                while waiting or running:
+                    ready = [j for j in waiting if all(d in outcome.states for d in j.deps)]
+                    if not ready and not running:
+                        raise RuntimeError(f"no job can start: {waiting[0].name} waits on jobs outside the plan")
+                    for job in ready:
+                        if len(running) >= self.workers and not self.store.is_done(job):
+                            break
+                        waiting.remove(job)
+                        if self.store.is_done(job):
+                            outcome.states[job.key], outcome.cached = DONE, outcome.cached + 1
+                            self.reporter.cached(job)
+                        elif (dep := blocked_by(job, outcome.states)) is not None:
+                            outcome.states[job.key] = BLOCKED
+                            self.store.write_blocked(job, self.plan.jobs[dep])
+                            self.reporter.blocked(job, self.plan.jobs[dep])
+                        else:
+                            outcome.ran += 1
+                            self.reporter.start(job)
+                            running[pool.submit(_run_job, str(self.store.root), job.key, self.roots)] = job
+                    if not running:
+                        continue
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        job = running.pop(future)
+                        try:
+                            result = future.result()
+                        except Exception as err:  # recorded in error.json by the runner (unless the worker died)
+                            self.reporter.failed(job, f"{type(err).__name__}: {err}")
+                            outcome.states[job.key] = FAILED
+                        else:
+                            self.reporter.finished(job, result)
+                            outcome.states[job.key] = DONE
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        return outcome
 
 
 # ----------------------------------------------------------------------------- SLURM
@@ -298,9 +391,12 @@ def _check_slurm() -> None:
 EXECUTORS = ("local", "slurm")
 
 
-def make_executor(name: str, cluster: str, roots: dict[str, str]) -> Executor:
+def make_executor(name: str, cluster: str, roots: dict[str, str], jobs: int = 1) -> Executor:
     if name == "local":
-        return LocalExecutor(roots)
+        return LocalExecutor(roots, jobs)
     if name == "slurm":
+        if jobs != 1:
+            raise HarnessError(f"--jobs {jobs} is for the local executor: SLURM runs a table's transfer jobs as "
+                               "an array (array_parallelism in the cluster profile, slurm/profiles/)")  # fmt: skip
         return SlurmExecutor(cluster, roots)
     raise unknown("executor", name, EXECUTORS)

@@ -131,7 +131,8 @@ def _attach_log(path: Path) -> logging.Handler:
 def _setup_torch(spec: dict) -> str:
     import torch
 
-    threads = spec.get("threads") or int(os.environ.get("SLURM_CPUS_PER_TASK", os.cpu_count() or 1))
+    # the cores this process may use (a parallel local run pins each worker to its share; SLURM, its allocation)
+    threads = spec.get("threads") or int(os.environ.get("SLURM_CPUS_PER_TASK", len(os.sched_getaffinity(0))))
     torch.set_num_threads(max(1, threads))
     device = spec.get("device", "auto")
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device

@@ -1,0 +1,64 @@
+"""The local executor with --jobs N: jobs at once in worker processes pinned to their own cores."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from harness.executors import core_shares
+from tests.test_table2_e2e import cli
+
+
+def test_core_shares_deal_every_core_once_as_evenly_as_can_be():
+    assert core_shares([0, 1], 2) == [[0], [1]]
+    assert core_shares(list(range(8)), 3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert core_shares([4, 5, 6], 1) == [[4, 5, 6]]
+    for n in range(1, 7):
+        shares = core_shares(list(range(13)), n)
+        assert sum(shares, []) == list(range(13)) and max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def _interval(job_dir) -> tuple[float, float]:
+    prov = json.loads((job_dir / "provenance.json").read_text())
+    return prov["started"], prov["ended"]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two workers need two cores")
+def test_two_jobs_at_once_share_nothing_but_the_store(tmp_path):
+    rows = ("--rows", "IN-118K,COCO", "--columns", "CIFAR10,Pets")
+    out = cli("run", "table2", "--profile", "smoke", "--results", tmp_path, *rows, "--jobs", "2")
+    assert "6 jobs: 0 cached, 6 run, 0 failed, 0 blocked" in out.stderr
+    # the two pretrainings depend on nothing: they ran at the same time, one per worker
+    (a0, a1), (b0, b1) = (_interval(d) for d in sorted(tmp_path.glob("jobs/pretrain-*")))
+    assert max(a0, b0) < min(a1, b1), ((a0, a1), (b0, b1))
+    # every transfer started after its own pretraining ended
+    for job_dir in tmp_path.glob("jobs/transfer-*"):
+        dep = json.loads((job_dir / "job.json").read_text())["deps"][0]
+        (parent,) = tmp_path.glob(f"jobs/pretrain-{dep[:16]}")
+        assert _interval(job_dir)[0] >= _interval(parent)[1]
+    cells = pd.read_csv(tmp_path / "table2.csv")
+    assert (cells["status"] == "done").all() and cells["value"].between(0, 100).all()
+    again = cli("run", "table2", "--profile", "smoke", "--results", tmp_path, *rows)
+    assert "6 jobs: 6 cached, 0 run" in again.stderr
+
+
+def test_a_failure_blocks_its_dependants_only_in_parallel(tmp_path):
+    out = cli("run", "table2", "--profile", "smoke", "--results", tmp_path, "--rows", "IN-118K,COCO",
+              "--columns", "CIFAR10", "--jobs", "2", "pretrain.lr=1e30", "pretrain.data.size=64",
+              check=False)  # fmt: skip
+    assert out.returncode == 1
+    assert "2 failed, 2 blocked" in out.stderr and "blocked by failed 'pretrain" in out.stderr
+    assert len(list(tmp_path.glob("jobs/pretrain-*/error.json"))) == 2
+    assert len(list(tmp_path.glob("jobs/transfer-*/blocked.json"))) == 2
+
+
+def test_jobs_is_a_local_flag(tmp_path):
+    bad = cli("run", "table2", "--profile", "smoke", "--results", tmp_path, "--jobs", "0", check=False)
+    assert bad.returncode != 0 and "--jobs 0: give at least 1" in bad.stderr
+    slurm = cli("run", "table2", "--profile", "smoke", "--results", tmp_path, "--executor", "slurm",
+                "--jobs", "2", check=False)  # fmt: skip
+    assert slurm.returncode != 0 and "--jobs 2 is for the local executor" in slurm.stderr
+    assert not list(tmp_path.glob("jobs/*/result.json"))
