@@ -4,7 +4,8 @@ ResNet-50 at 224 px, batch 256 on one GPU, queue 65536 (the paper profile's MoCo
 way (per-image PIL aug+ in DataLoader workers, pinned batches copied non_blocking, fp32, default memory format;
 `bench_pretrain.reference_epoch`). Harness, each a real `pretrain.train.pretrain` epoch:
 - `tensor`: images in host memory as one uint8 tensor; each batch goes to the GPU and is cropped, coloured and
-  blurred there (the bias world's path), fp32 and bf16 autocast;
+  blurred there (the bias world's path), fp32, bf16 autocast, and bf16 with the model and batches in
+  channels_last (`memory_format`, the layout tensor cores read without a transpose);
 - `workers`: a Dataset of PIL images (a real dataset's path): per-image crops in DataLoader workers, colour and
   blur on the GPU, bf16, for each worker count in `--workers-grid`.
 Each variant records images (anchors) per second over one epoch of `steps` steps (warm-up included, as in
@@ -73,13 +74,15 @@ def main(argv: list[str] | None = None) -> dict:
     data = images(s["steps"] * s["batch"], s["image"])
     pil = pil_images(data)
 
-    def cfg(precision: str, workers: int = 0, epochs: int = 1):
-        return config(s, args.threads, precision, False, epochs, device=device, workers=workers)
+    def cfg(precision: str, workers: int = 0, epochs: int = 1, memory_format: str = "contiguous"):
+        return config(s, args.threads, precision, False, epochs, device=device, workers=workers,
+                      memory_format=memory_format)  # fmt: skip
 
     figures: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu"}
     ref = reference_epoch(cfg("fp32"), data, args.workers)
     figures["reference_fp32"] = {**ref, "workers": args.workers}
-    variants = {"tensor_fp32": (cfg("fp32"), data), "tensor_bf16": (cfg("bf16"), data)}
+    variants = {"tensor_fp32": (cfg("fp32"), data), "tensor_bf16": (cfg("bf16"), data),
+                "tensor_bf16_channels_last": (cfg("bf16", memory_format="channels_last"), data)}  # fmt: skip
     variants |= {f"workers{w}_bf16": (cfg("bf16", w), pil) for w in grid}
     rows = [("reference (PIL, workers, fp32)", ref["images_per_s"], 1.0, ref["peak_memory_gib"])]
     for name, (c, d) in variants.items():

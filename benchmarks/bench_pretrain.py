@@ -4,11 +4,12 @@ Reference (facebookresearch/moco main_moco.py, aug+): per-image torchvision tran
 DataLoader workers (RandomResizedCrop(scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, Grayscale p=0.2,
 GaussianBlur(sigma 0.1-2) p=0.5, HFlip, ToTensor, Normalize), fp32, default memory format; multi-crop adds
 small RandomResizedCrops with the same colour pipeline (SwAV's way). Harness: `pretrain.train.pretrain` itself
-(batched augmentation with per-sample parameters, then the same MoCo model), fp32 and bf16 autocast.
+(batched augmentation with per-sample parameters, then the same MoCo model), fp32, bf16 autocast, and bf16 with
+the model and batches in channels_last (`memory_format`).
 Both train the same `pretrain.moco.MoCo` (ResNet-18) with the same SGD, resolution, batch and torch threads.
 A figure is images (anchors) per second over one epoch of `steps` steps, warm-up and loader start included.
-bf16 changes numerics: the same seeded run (same batches, same augmentations) in fp32 and bf16 must keep its
-per-epoch loss within `--loss-tol` (relative) of fp32.
+bf16 changes numerics: the same seeded run (same batches, same augmentations) in fp32, bf16 and bf16 channels_last
+must keep its per-epoch loss within `--loss-tol` (relative) of fp32.
 
 python benchmarks/bench_pretrain.py [--quick] [--threads 2] [--workers 2] [--out DIR]
 """
@@ -69,7 +70,7 @@ def images(n: int, side: int, seed: int = 0) -> torch.Tensor:
 
 def config(
     s: dict, threads: int, precision: str, multicrop: bool, epochs: int = 1, device: str = "cpu",
-    workers: int = 0,
+    workers: int = 0, memory_format: str = "contiguous",
 ) -> PretrainConfig:
     """The harness config of one run (tiny profile's lr, plain MoCo-v2 or multi-crop; s["arch"], default
     ResNet-18). workers: DataLoader workers of the per-image path (a Dataset of PIL images)."""
@@ -84,6 +85,7 @@ def config(
             "device": device,
             "threads": threads,
             "num_workers": workers,
+            "memory_format": memory_format,
         }
     )
 
@@ -179,15 +181,17 @@ def harness_run(cfg: PretrainConfig, data: torch.Tensor) -> dict:
 
 
 def bf16_check(s: dict, threads: int, tol: float) -> dict:
-    """The same seeded run in fp32 and bf16: per-epoch mean losses and their largest relative gap."""
+    """The same seeded run in fp32, bf16 and bf16 channels_last: per-epoch mean losses and the largest relative
+    gap of either bf16 run to fp32."""
     data = images(s["check_steps"] * s["batch"], s["image"], seed=1)
+    runs = {"fp32": ("fp32", "contiguous"), "bf16": ("bf16", "contiguous"), "bf16_cl": ("bf16", "channels_last")}
     curves = {
-        p: harness_run(config(s, threads, p, False, s["check_epochs"]), data)["loss_history"]
-        for p in ("fp32", "bf16")
+        name: harness_run(config(s, threads, p, False, s["check_epochs"], memory_format=f), data)["loss_history"]
+        for name, (p, f) in runs.items()
     }
-    gap = max(abs(a - b) / abs(a) for a, b in zip(curves["fp32"], curves["bf16"]))
-    return {"loss_fp32": curves["fp32"], "loss_bf16": curves["bf16"], "max_rel_gap": gap,
-            "tolerance": tol, "within_tolerance": gap <= tol}  # fmt: skip
+    gap = max(abs(a - b) / abs(a) for run in ("bf16", "bf16_cl") for a, b in zip(curves["fp32"], curves[run]))
+    return {"loss_fp32": curves["fp32"], "loss_bf16": curves["bf16"], "loss_bf16_channels_last": curves["bf16_cl"],
+            "max_rel_gap": gap, "tolerance": tol, "within_tolerance": gap <= tol}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -208,10 +212,14 @@ def main(argv: list[str] | None = None) -> dict:
         ref = reference_epoch(config(s, args.threads, "fp32", multicrop), data, args.workers)["images_per_s"]
         fp32 = harness_run(config(s, args.threads, "fp32", multicrop), data)["images_per_s"]
         bf16 = harness_run(config(s, args.threads, "bf16", multicrop), data)["images_per_s"]
+        cl = harness_run(config(s, args.threads, "bf16", multicrop, memory_format="channels_last"), data)
+        cl = cl["images_per_s"]
         figures[name] = {"reference_fp32_img_s": ref, "harness_fp32_img_s": fp32, "harness_bf16_img_s": bf16,
-                         "speedup_fp32": fp32 / ref, "speedup_bf16": bf16 / ref}  # fmt: skip
+                         "harness_bf16_channels_last_img_s": cl, "speedup_fp32": fp32 / ref,
+                         "speedup_bf16": bf16 / ref, "speedup_bf16_channels_last": cl / ref}  # fmt: skip
         rows += [(name, "reference (PIL, workers, fp32)", ref, 1.0),
-                 (name, "harness fp32", fp32, fp32 / ref), (name, "harness bf16", bf16, bf16 / ref)]  # fmt: skip
+                 (name, "harness fp32", fp32, fp32 / ref), (name, "harness bf16", bf16, bf16 / ref),
+                 (name, "harness bf16 channels_last", cl, cl / ref)]  # fmt: skip
     figures["bf16_numerics"] = bf16_check(s, args.threads, args.loss_tol)
     table(rows, ("variant", "loop", "img/s", "x reference"))
     check = figures["bf16_numerics"]

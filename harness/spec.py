@@ -30,7 +30,7 @@ TABLES_DIR = REPO / "tables"
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
 # Keys that change how a job runs, never what it computes: excluded from job keys.
-EXECUTION_KEYS = frozenset({"device", "num_workers", "threads"})
+EXECUTION_KEYS = frozenset({"device", "num_workers", "threads", "memory_format"})
 
 
 @dataclass(frozen=True)

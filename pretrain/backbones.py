@@ -34,7 +34,7 @@ def build_backbone(arch: str, norm_layer: Callable[[int], nn.Module] | None = No
 def save_backbone(module: nn.Module, arch: str, path: str | Path) -> Path:
     """Write {"arch", "state_dict"} (CPU tensors) atomically; split-BN weights load as plain BN."""
     path = Path(path)
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}  # NCHW in any memory_format
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"arch": arch, "state_dict": state}, tmp)
     os.replace(tmp, path)

@@ -145,6 +145,9 @@ class TrainConfig:
     schedule: str = "cosine"  # per epoch, as official main_moco.py; "constant" also accepted
     seed: int = 0
     precision: str = "fp32"  # "bf16" = autocast to bfloat16
+    # "channels_last": the model's weights and each batch in NHWC (oneDNN's and cuDNN's fast layout; execution only,
+    # as threads: the same math in another summation order). ResNet-18, 64 px, bf16, 2 CPU cores: 1.13x (measured)
+    memory_format: str = "contiguous"
     device: str = "auto"  # "auto" = cuda when available
     num_workers: int = 0  # DataLoader workers for the per-image (real data) path
     threads: int | None = None  # torch.set_num_threads; None leaves torch's setting
@@ -159,6 +162,7 @@ class TrainConfig:
         if bad:
             raise ValueError(f"save_backbone_epochs {bad}: each must be in [1, epochs={self.epochs}]")
         _one_of("precision", self.precision, PRECISIONS)
+        _one_of("memory_format", self.memory_format, MEMORY_FORMATS)
         _one_of("schedule", self.schedule, SCHEDULES)
 
     @classmethod
@@ -192,6 +196,7 @@ class PretrainConfig(TrainConfig):
 
 
 PRECISIONS = ("fp32", "bf16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
 SCHEDULES = ("cosine", "constant")
 
 

@@ -94,6 +94,8 @@ class MaxPool2dNHWC(nn.MaxPool2d):
     def forward(self, x: Tensor) -> Tensor:
         if (x.device.type, x.dtype, x.dim()) != ("cpu", torch.bfloat16, 4) or self.return_indices:
             return super().forward(x)  # fp32 on CPU: channels_last is no faster (measured)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)  # already NHWC (memory_format: channels_last): the native kernel
         x = x.contiguous()
         pair = torch.nn.modules.utils._pair
         kernel, stride = pair(self.kernel_size), pair(self.stride or self.kernel_size)

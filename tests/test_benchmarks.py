@@ -39,13 +39,15 @@ def test_bench_pretrain_quick(tmp_path: Path) -> None:
     figures = out["figures"]
     for variant in ("mocov2", "multicrop"):
         f = figures[variant]
-        for key in ("reference_fp32_img_s", "harness_fp32_img_s", "harness_bf16_img_s"):
+        for key in ("reference_fp32_img_s", "harness_fp32_img_s", "harness_bf16_img_s", "harness_bf16_channels_last_img_s"):
             assert f[key] > 0 and math.isfinite(f[key]), (variant, key, f)
         assert f["speedup_bf16"] == f["harness_bf16_img_s"] / f["reference_fp32_img_s"]
+        assert f["speedup_bf16_channels_last"] == f["harness_bf16_channels_last_img_s"] / f["reference_fp32_img_s"]
     check = figures["bf16_numerics"]
-    assert len(check["loss_fp32"]) == len(check["loss_bf16"]) == out["settings"]["check_epochs"]
-    assert all(0 < v < 20 for v in check["loss_fp32"] + check["loss_bf16"])  # InfoNCE ~ ln(1 + K)
-    gaps = [abs(a - b) / a for a, b in zip(check["loss_fp32"], check["loss_bf16"])]
+    bf16_runs = (check["loss_bf16"], check["loss_bf16_channels_last"])
+    assert all(len(c) == out["settings"]["check_epochs"] for c in (check["loss_fp32"], *bf16_runs))
+    assert all(0 < v < 20 for c in (check["loss_fp32"], *bf16_runs) for v in c)  # InfoNCE ~ ln(1 + K)
+    gaps = [abs(a - b) / a for run in bf16_runs for a, b in zip(check["loss_fp32"], run)]
     assert (
         check["max_rel_gap"] == max(gaps) < 0.1
     )  # the full run states its tolerance (2%); one step is noisier
@@ -107,7 +109,7 @@ def test_bench_gpu_quick(tmp_path: Path) -> None:
     cuda = out["machine"]["gpu"] is not None
     assert f["device"] == (out["machine"]["gpu"] if cuda else "cpu")
     assert f["reference_fp32"]["images_per_s"] > 0 and f["reference_fp32"]["workers"] == s["workers"]
-    variants = ["tensor_fp32", "tensor_bf16", *(f"workers{w}_bf16" for w in s["workers_grid"])]
+    variants = ["tensor_fp32", "tensor_bf16", "tensor_bf16_channels_last", *(f"workers{w}_bf16" for w in s["workers_grid"])]
     for name in variants:
         v = f[name]
         assert v["images_per_s"] > 0 and v["speedup"] == v["images_per_s"] / f["reference_fp32"]["images_per_s"]

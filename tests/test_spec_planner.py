@@ -88,6 +88,11 @@ def test_keys_are_stable_and_ignore_execution_fields():
     b = {"epochs": 1, "device": "cuda", "num_workers": 8}
     assert spec_hash(a) == spec_hash(b)
     assert spec_hash(a) != spec_hash({**a, "epochs": 2})
+    # a layout (pretrain.memory_format) is how a job runs: a table planned with it keeps every job key
+    base = plan(load_table("table2"), load_profile("tiny"))
+    nhwc = plan(load_table("table2"), load_profile("tiny"), parse_overrides(["pretrain.memory_format=channels_last"]))
+    assert list(base.jobs) == list(nhwc.jobs)
+    assert any(job.spec.get("memory_format") == "channels_last" for job in nhwc.jobs.values())
 
 
 def test_typo_in_override_names_the_closest_key():
