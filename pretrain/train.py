@@ -43,7 +43,8 @@ from pretrain.moco import MoCo, world
 
 Progress = Callable[[dict], None]
 Batches = Iterator[tuple[Tensor, list[Tensor], Tensor]]
-EXECUTION_KEYS = ("epochs", "device", "threads", "num_workers", "save_backbone_epochs", "memory_format")  # may change between resumes
+# may change between resumes
+EXECUTION_KEYS = ("epochs", "device", "threads", "num_workers", "save_backbone_epochs", "memory_format")
 PROGRESS_EVERY = 10  # steps
 FUSED_SGD_DEVICES = ("cpu", "cuda")  # fused SGD; ResNet-18 on 2 CPU cores: 13 -> 5 ms a step
 log = logging.getLogger(__name__)

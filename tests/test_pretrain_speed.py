@@ -4,7 +4,6 @@ channels_last stem max pool, the whole model in channels_last (memory_format).""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -101,14 +100,15 @@ def test_channels_last_max_pool_equals_max_pool_values_and_gradients() -> None:
 
 
 def _nhwc_run(memory_format: str, precision: str, workdir: Path, epochs: int = 2) -> dict:
+    # split BN over sub-batches of 8: of 2 (the default split 8), layer4's 1 x 1 maps normalise to +-1 and
+    # amplify the layouts' rounding differences into the loss (measured: 1.4% in fp32)
+    moco = {"arch": "resnet18", "queue_size": 32, "knn_warmup": 0, "split_bn": 2}
     cfg = PretrainConfig.from_dict(
-        # split BN over sub-batches of 8: of 2 (the default split 8), layer4's 1 x 1 maps normalise to +-1 and
-        # amplify the layouts' rounding differences into the loss (measured: 1.4% in fp32)
-        {"moco": {"arch": "resnet18", "queue_size": 32, "knn_warmup": 0, "split_bn": 2}, "aug": {"size": 32, "n_small": 2},
-         "epochs": epochs, "batch_size": 16, "lr": 0.03, "precision": precision, "device": "cpu",
-         "memory_format": memory_format}  # fmt: skip
-    )
-    data = torch.randint(0, 256, (32, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        {"moco": moco, "aug": {"size": 32, "n_small": 2}, "epochs": epochs, "batch_size": 16, "lr": 0.03,
+         "precision": precision, "device": "cpu", "memory_format": memory_format}
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 256, (32, 3, 40, 40), dtype=torch.uint8, generator=g)
     return pretrain(cfg, data, workdir)
 
 
@@ -123,14 +123,18 @@ def test_channels_last_step_computes_the_same_loss_and_gradients() -> None:
     plain = MoCo(MoCoConfig(arch="resnet18", queue_size=32, split_bn=2))
     nhwc = copy.deepcopy(plain).to(memory_format=torch.channels_last)
     x, views = torch.randn(16, 3, 32, 32), [torch.randn(16, 3, 32, 32), torch.randn(32, 3, 20, 20)]
-    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+
+    def cl(t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous(memory_format=torch.channels_last)
+
     torch.manual_seed(1)
     a = plain(x, views)
     torch.manual_seed(1)
     b = nhwc(cl(x), [cl(v) for v in views])
     a.backward(), b.backward()
     torch.testing.assert_close(b, a, rtol=1e-5, atol=0)
-    gaps = [float((q.grad - p.grad).norm() / p.grad.norm()) for p, q in zip(plain.query_parameters(), nhwc.query_parameters())]
+    pairs = zip(plain.query_parameters(), nhwc.query_parameters())
+    gaps = [float((q.grad - p.grad).norm() / p.grad.norm()) for p, q in pairs]
     assert max(gaps) < 2e-3 and statistics.median(gaps) < 1e-4, (max(gaps), statistics.median(gaps))
     assert nhwc.backbone.layer1[0].conv1.weight.grad.is_contiguous(memory_format=torch.channels_last)
 
@@ -143,10 +147,13 @@ def test_channels_last_trains_the_same_model(precision: str, tmp_path: Path) -> 
     plain = _nhwc_run("contiguous", precision, tmp_path / "a")
     nhwc = _nhwc_run("channels_last", precision, tmp_path / "b")
     tol = 2e-3 if precision == "fp32" else 2e-2
-    torch.testing.assert_close(torch.tensor(nhwc["loss_history"]), torch.tensor(plain["loss_history"]), rtol=tol, atol=0)
+    curves = torch.tensor(nhwc["loss_history"]), torch.tensor(plain["loss_history"])
+    torch.testing.assert_close(*curves, rtol=tol, atol=0)
     saved = torch.load(nhwc["backbone"], weights_only=True)["state_dict"]
     assert all(v.is_contiguous() for v in saved.values())  # NCHW whatever the layout it trained in
-    cfg = PretrainConfig.from_dict({"moco": {"arch": "resnet18", "queue_size": 16}, "batch_size": 16, "memory_format": "channels_last"})
+    cfg = PretrainConfig.from_dict(
+        {"moco": {"arch": "resnet18", "queue_size": 16}, "batch_size": 16, "memory_format": "channels_last"}
+    )
     model, _ = _build(cfg, torch.device("cpu"))
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert not model.backbone.conv1.weight.is_contiguous()
