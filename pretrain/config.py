@@ -145,8 +145,8 @@ class TrainConfig:
     schedule: str = "cosine"  # per epoch, as official main_moco.py; "constant" also accepted
     seed: int = 0
     precision: str = "fp32"  # "bf16" = autocast to bfloat16
-    # "channels_last": the model's weights and each batch in NHWC (oneDNN's and cuDNN's fast layout; execution only,
-    # as threads: the same math in another summation order). ResNet-18, 64 px, bf16, 2 CPU cores: 1.13x (measured)
+    # "channels_last": the model's weights and each batch in NHWC (the layout GPU tensor cores read; execution only, as
+    # threads: the same math in another summation order). On 2 CPU cores the harness's step gains nothing (README)
     memory_format: str = "contiguous"
     device: str = "auto"  # "auto" = cuda when available
     num_workers: int = 0  # DataLoader workers for the per-image (real data) path
