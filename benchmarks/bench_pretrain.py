@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
         ref = reference_epoch(config(s, args.threads, "fp32", multicrop), data, args.workers)["images_per_s"]
         fp32 = harness_run(config(s, args.threads, "fp32", multicrop), data)["images_per_s"]
         bf16 = harness_run(config(s, args.threads, "bf16", multicrop), data)["images_per_s"]
-        cl = harness_run(config(s, args.threads, "bf16", multicrop, memory_format="channels_last"), data)
-        cl = cl["images_per_s"]
+        nhwc = config(s, args.threads, "bf16", multicrop, memory_format="channels_last")
+        cl = harness_run(nhwc, data)["images_per_s"]
         figures[name] = {"reference_fp32_img_s": ref, "harness_fp32_img_s": fp32, "harness_bf16_img_s": bf16,
                          "harness_bf16_channels_last_img_s": cl, "speedup_fp32": fp32 / ref,
                          "speedup_bf16": bf16 / ref, "speedup_bf16_channels_last": cl / ref}  # fmt: skip

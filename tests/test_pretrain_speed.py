@@ -4,6 +4,8 @@ channels_last stem max pool, the whole model in channels_last (memory_format).""
 
 from __future__ import annotations
 
+import copy
+import statistics
 from pathlib import Path
 
 import pytest
@@ -100,8 +102,8 @@ def test_channels_last_max_pool_equals_max_pool_values_and_gradients() -> None:
 
 
 def _nhwc_run(memory_format: str, precision: str, workdir: Path, epochs: int = 2) -> dict:
-    # split BN over sub-batches of 8: of 2 (the default split 8), layer4's 1 x 1 maps normalise to +-1 and
-    # amplify the layouts' rounding differences into the loss (measured: 1.4% in fp32)
+    # split_bn 2: sub-batches of 8. The default split 8 leaves sub-batches of 2, whose 1 x 1 layer4 maps BN
+    # normalises to +-1, amplifying the layouts' rounding differences into the loss (measured: 1.4% in fp32)
     moco = {"arch": "resnet18", "queue_size": 32, "knn_warmup": 0, "split_bn": 2}
     cfg = PretrainConfig.from_dict(
         {"moco": moco, "aug": {"size": 32, "n_small": 2}, "epochs": epochs, "batch_size": 16, "lr": 0.03,
@@ -116,9 +118,6 @@ def test_channels_last_step_computes_the_same_loss_and_gradients() -> None:
     """One MoCo step (split BN, two positive sizes) with the model and the views in channels_last: the loss and
     every gradient of the default layout, to fp32 rounding (measured: median 1e-5 relative, the worst 3e-4 on a
     BN bias; other threads counts: 1e-6)."""
-    import copy
-    import statistics
-
     torch.manual_seed(0)
     plain = MoCo(MoCoConfig(arch="resnet18", queue_size=32, split_bn=2))
     nhwc = copy.deepcopy(plain).to(memory_format=torch.channels_last)
