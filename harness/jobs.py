@@ -39,6 +39,10 @@ class JobContext:
     def workdir(self) -> Path:
         return self.store.job_dir(self.job.key, self.job.kind) / "work"
 
+    @property
+    def resume_dir(self) -> Path:
+        return self.store.resume_dir(self.job)
+
     def progress(self, info: dict) -> None:
         """Progress reports from inside the job: shown live, persisted at most every 2 s."""
         if self.display is not None:
@@ -65,7 +69,7 @@ class JobRunner(submitit.helpers.Checkpointable):
         return execute(JobContext(store, job, self.roots, display))
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        # Requeue the same job: pretraining resumes from work/checkpoint.pt written every epoch.
+        # Requeue the same job: it resumes from resume/, the checkpoints written every epoch.
         return submitit.helpers.DelayedSubmission(JobRunner(self.results, self.key, self.roots))
 
 
@@ -154,7 +158,8 @@ def run_pretrain(ctx: JobContext) -> dict:
         cache = ctx.store.cache / "biasworld"
         data = load_pretrain_images(spec["data"], cache, ctx.roots)
         labels = load_pretrain_labels(spec["data"], cache, ctx.roots) if needs_labels(config) else None
-        summary = pretrain(config, data, ctx.workdir, progress=ctx.progress, labels=labels)
+        summary = pretrain(config, data, ctx.workdir, progress=ctx.progress, labels=labels,
+                           resume_dir=ctx.resume_dir)
     summary["backbone"] = str(Path(summary["backbone"]).relative_to(ctx.workdir))
     summary["backbones"] = {
         e: str(Path(p).relative_to(ctx.workdir)) for e, p in summary["backbones"].items()
@@ -182,6 +187,7 @@ def run_transfer(ctx: JobContext) -> dict:
         roots=dict(ctx.roots or {}),
         device=device,
         progress=ctx.progress,
+        resume_dir=ctx.resume_dir,
     )
     return run_task(spec, task_ctx)
 

@@ -10,7 +10,9 @@
         claim.json       host and pid of the process running the job (claim.lock is its flock)
         provenance.json  git sha and dirty flag, package versions, host, SLURM ids, times
         slurm.json       SLURM job id and submitit folder, when submitted to a cluster
-        work/            checkpoints and other files the job owns
+        work/            the files the job's result names (backbones, CAM grids): its outputs
+        resume/          resume state of an unfinished job (pretraining and finetuning checkpoints,
+                         ~3x a backbone each); deleted once result.json is written
     <results>/cache/     generated data sets, manifests, features: reusable, content-keyed
     <results>/submit.lock  held by a `run` while it submits to SLURM (one submitter at a time)
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -132,10 +135,15 @@ class Store:
 
     # -- writing ----------------------------------------------------------------------------
 
+    def resume_dir(self, job: Job) -> Path:
+        return self.job_dir(job.key, job.kind) / "resume"
+
     def write_result(self, job: Job, result: dict) -> None:
+        """Mark the job done; only then drop its resume state (a smoke Table 3 kept 3.9 GB of it)."""
         path = self.job_dir(job.key, job.kind)
         write_json_atomic(path / "result.json", result)
         (path / "error.json").unlink(missing_ok=True)
+        shutil.rmtree(self.resume_dir(job), ignore_errors=True)
 
     def write_blocked(self, job: Job, by: Job, reason: str = "") -> None:
         info = {"by": by.name, "by_key": by.key, "reason": reason, "time": time.time()}

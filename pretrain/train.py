@@ -3,7 +3,7 @@ SwAV: pretrain/methods.py), step SGD, checkpoint every epoch.
 
 Learning rate: cosine decay adjusted once per epoch, lr_e = lr * 0.5 * (1 + cos(pi e / E)), as the
 official main_moco.py (--cos) does. Batches drop the last incomplete one. Resumes from
-workdir/checkpoint.pt. kNN-MoCo's loss_nn switches on at epoch moco.knn_warmup (0-based).
+checkpoint.pt in resume_dir (workdir unless given). kNN-MoCo's loss_nn switches on at epoch moco.knn_warmup (0-based).
 
 Several processes: DistributedDataParallel over the process group that `init_distributed` starts
 from the environment (torchrun's RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR, or submitit's SLURM task
@@ -56,10 +56,13 @@ def pretrain(
     workdir: Path,
     progress: Progress | None = None,
     labels: Tensor | None = None,
+    resume_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Pretrain cfg's method (MoCo, SimCLR, SwAV, supervised: pretrain/methods.py) on `data` (uint8
     N x 3 x H x W tensor, or a Dataset of PIL images). labels: per image, (N,) class ids or (N, C)
-    0/1 multi-label rows; only the supervised method reads them (and needs them)."""
+    0/1 multi-label rows; only the supervised method reads them (and needs them). The backbones go to
+    workdir; the resume checkpoints (model, key encoder, queue, optimizer: ~3x a backbone) to resume_dir,
+    workdir when None, which a caller may delete once it has the backbone."""
     called = time.perf_counter()
     rank, size = init_distributed()
     _check(cfg, data, size)
@@ -71,7 +74,8 @@ def pretrain(
     generator = torch.Generator().manual_seed(cfg.seed)  # data order (shared by all ranks)
     # augmentation: the same generator on one process (as before), one per rank otherwise
     augment_gen = generator if size == 1 else torch.Generator().manual_seed(cfg.seed + 7919 * rank)
-    checkpoint = workdir / "checkpoint.pt"
+    checkpoint = Path(resume_dir or workdir) / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
     state = _resume(checkpoint, cfg, model, optimizer, generator, augment_gen)
     steps = len(data) // cfg.batch_size
     seen, busy = 0, 0.0

@@ -56,7 +56,7 @@ def test_sigkilled_worker_leaves_no_result_and_a_rerun_completes(tmp_path: Path)
     runner = f"from harness.jobs import JobRunner; JobRunner({str(tmp_path)!r}, {job.key!r})()"
     worker = subprocess.Popen([sys.executable, "-c", runner], cwd=REPO)
     try:
-        _wait_for(work / "work" / "checkpoint.pt", worker)  # killed mid-training, after epoch 1
+        _wait_for(work / "resume" / "checkpoint.pt", worker)  # killed mid-training, after epoch 1
         assert store.local_state(job) == RUNNING  # its claim is held by a live process
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
@@ -68,6 +68,8 @@ def test_sigkilled_worker_leaves_no_result_and_a_rerun_completes(tmp_path: Path)
     result = JobRunner(str(tmp_path), job.key)()
     assert store.local_state(job) == DONE and len(result["loss_history"]) == 3
     assert "resuming from" in (work / "log.txt").read_text()
+    assert not (work / "resume").exists()  # the resume state is dropped once the result is stored...
+    assert (work / "work" / result["backbone"]).is_file()  # ...the output stays
 
 
 def _run_tiny(workdir: Path, caplog: pytest.LogCaptureFixture) -> tuple[dict, str]:

@@ -134,7 +134,7 @@ def test_failed_pretraining_cancels_its_dependants_which_read_as_blocked(
 
 
 def _interrupt_after_first_checkpoint(store: Store, job: Job, handle) -> None:
-    checkpoint = store.job_dir(job.key, job.kind) / "work" / "checkpoint.pt"
+    checkpoint = store.resume_dir(job) / "checkpoint.pt"
     deadline = time.monotonic() + 120
     while not checkpoint.exists():
         assert time.monotonic() < deadline and not store.is_done(job), handle.state

@@ -103,6 +103,10 @@ def test_table3_shares_table2_pretraining_and_marks_cells_it_does_not_evaluate(f
     assert cells.loc[("BDD100K", "Seg. Cityscapes"), "paper"] == 70.1
     bdd = [line for line in (results / "table3.md").read_text().splitlines() if line.startswith("| BDD100K |")]
     assert len(bdd) == 2 and all(line.endswith("| - |") for line in bdd)  # measured and paper: DAVIS n/a
+    # finished jobs keep their outputs (backbones) but none of their resume state (finetuning checkpoints)
+    jobs = results / "jobs"
+    assert not list(jobs.glob("*/resume")) and list(jobs.glob("transfer-*/log.txt"))
+    assert {p.name for p in jobs.glob("*/work/*.pt")} == {"backbone.pt"}
 
 
 def test_random_init_row(first_run, tmp_path):

@@ -16,7 +16,7 @@ scales/flips/crops each one and stacks the crops; evaluation runs images of equa
 
 Schedules are fractions of the run, so a profile that shortens `epochs` keeps their shape: VOC's x0.1 at epochs
 30 and 40 of 45 is `milestones=(30/45, 40/45)`; "poly" is lr * (1 - t)^0.9, t the fraction of steps done.
-Each run checkpoints at every epoch end into ctx.workdir and resumes from there (SLURM preemption); data order and
+Each run checkpoints at every epoch end (ctx.checkpoint) and resumes from there (SLURM preemption); data order and
 augmentation are drawn from generators seeded by (seed, run, epoch), so a resumed run equals an uninterrupted one.
 """
 
@@ -340,7 +340,7 @@ def build_model(backbone_path: Path, outputs: int, protocol: DenseProtocol) -> D
 
 
 def train_run(train: Any, protocol: DenseProtocol, depth: bool, run: int, ctx: Any, what: str = "train") -> nn.Module:
-    """One finetuning run (seed + run) on the train split; resumes from ctx.workdir/run<r>.pt. Each batch reads
+    """One finetuning run (seed + run) on the train split; resumes from ctx.checkpoint("run<r>.pt"). Each batch reads
     its images from the split (any sizes), normalises and augments them one by one, and stacks the crops."""
     images, targets = _split(train, depth, what)
     seed = protocol.seed + run
@@ -362,7 +362,7 @@ def train_run(train: Any, protocol: DenseProtocol, depth: bool, run: int, ctx: A
     model.losses = finetune(
         model, optimizer, step_loss, len(images), protocol.batch_size,
         protocol.epochs * (len(images) // protocol.batch_size), lambda t: lr_factor(protocol, t),
-        Path(ctx.workdir) / f"run{run}.pt", seed, ctx.progress, f"finetune run {run + 1}/{protocol.n_runs}",
+        ctx.checkpoint(f"run{run}.pt"), seed, ctx.progress, f"finetune run {run + 1}/{protocol.n_runs}",
     )  # fmt: skip
     return model
 

@@ -233,7 +233,7 @@ def train_run(train: Any, protocol: DetectionProtocol, run: int, ctx: Any) -> Fa
 
     model.losses = finetune(
         model, optimizer, step_loss, len(train.images), protocol.batch_size, protocol.iterations,
-        lambda t: lr_at(protocol, t), Path(ctx.workdir) / f"run{run}.pt", seed, ctx.progress,
+        lambda t: lr_at(protocol, t), ctx.checkpoint(f"run{run}.pt"), seed, ctx.progress,
         f"finetune run {run + 1}/{protocol.n_runs}",
     )  # fmt: skip
     if protocol.precise_bn > 0:

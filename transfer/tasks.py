@@ -24,10 +24,16 @@ class TaskContext:
     backbone_path: Path  # the pretraining job's saved backbone (pretrain.backbones.load_backbone)
     source_key: str  # the pretraining job's key: names per-checkpoint caches (features)
     cache_dir: Path  # the store's shared cache: cache_dir / "biasworld", cache_dir / "features", ...
-    workdir: Path  # this job's scratch directory (checkpoints of finetuning runs live here)
+    workdir: Path  # this job's own directory: the files its result names (a CAM grid, ...)
     roots: dict[str, str] = field(default_factory=dict)  # real dataset roots, by dataset name
     device: str = "cpu"
     progress: Callable[[dict], None] = lambda info: None  # {"stage": ..., "epoch": ..., ...}
+    resume_dir: Path | None = None  # finetuning runs' checkpoints; None: workdir. The harness deletes it once
+    #                                 the job's result is stored: nothing there outlives the job.
+
+    def checkpoint(self, name: str) -> Path:
+        """Where the resume state `name` (a finetuning run's checkpoint) is written and read back."""
+        return Path(self.resume_dir or self.workdir) / name
 
 
 @dataclass(frozen=True)
