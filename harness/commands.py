@@ -38,7 +38,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     cancel.set_defaults(func=cmd_cancel)
 
     clean = sub.add_parser(
-        "clean", help="remove failed and partial job dirs (finished ones: --finished)"
+        "clean", help="remove failed and partial job dirs and finished jobs' leftover resume state "
+        "(finished results themselves: --finished)"
     )
     _table_args(clean, table_required=False)
     clean.add_argument("--all", action="store_true", help="every job in the store, not one table's")
@@ -138,10 +139,28 @@ def cmd_clean(args: argparse.Namespace) -> int:
         shutil.rmtree(path)
     kept = sum(state[j.key] == DONE for j in jobs) if not args.finished else 0
     active = sum(state[j.key] in ACTIVE for j in jobs)
+    stale = [f for j in jobs if state[j.key] == DONE and not args.finished for f in stale_resume_state(store, j)]
+    freed = sum(f.stat().st_size for path in stale for f in (path.rglob("*") if path.is_dir() else [path]))
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     print(
-        f"removed {len(doomed_dirs)} job dir(s); kept {kept} finished and {active} queued/running"
+        f"removed {len(doomed_dirs)} job dir(s); kept {kept} finished and {active} queued/running; "
+        f"freed {freed / 1e9:.2f} GB of finished jobs' resume state ({len(stale)} file(s))"
     )
     return 0
+
+
+# resume state that stores written before resume/ existed kept in work/ after the job finished
+LEGACY_RESUME = ("checkpoint.pt", "checkpoint.prev.pt", "checkpoint.sha256", "run*.pt", ".*.tmp")
+
+
+def stale_resume_state(store: Store, job: Job) -> list[Path]:
+    """A finished job's leftovers: resume/ (a worker killed between result.json and its deletion) and the
+    checkpoints older stores kept in work/; never a file the result names."""
+    resume, work = store.resume_dir(job), store.job_dir(job.key, job.kind) / "work"
+    named = {work / n for n in _named_files(store.result(job) or {})}
+    legacy = [f for pattern in LEGACY_RESUME for f in sorted(work.glob(pattern)) if f not in named]
+    return [*([resume] if resume.exists() else []), *legacy]
 
 
 # ----------------------------------------------------------------------------- verify
@@ -184,8 +203,14 @@ def check_job_dir(store: Store, path: Path) -> list[str]:
 
 
 def _missing_files(path: Path, raw: dict, result: dict) -> list[Path]:
-    """Files the result names: a pretraining job's backbone and the earlier ones it kept."""
-    if raw["kind"] != "pretrain" or "backbone" not in result:
+    """Files the result names that are not there."""
+    if raw["kind"] != "pretrain":
         return []
-    named = [result["backbone"], *(result.get("backbones") or {}).values()]
-    return [f for f in (path / "work" / n for n in named) if not f.is_file()]
+    return [f for f in (path / "work" / n for n in _named_files(result)) if not f.is_file()]
+
+
+def _named_files(result: dict) -> list[str]:
+    """Files in work/ a result names: a pretraining job's backbone and the earlier ones it kept."""
+    if "backbone" not in result:
+        return []
+    return [result["backbone"], *(result.get("backbones") or {}).values()]

@@ -122,6 +122,27 @@ def test_clean_removes_failed_keeps_finished_unless_confirmed(
     code, out, _ = harness(capsys, "clean", "--all", "--results", str(results))
     assert code == 0 and "removed 2 job dir(s); kept 1 finished" in out
     assert [p.name.split("-")[0] for p in (results / "jobs").iterdir()] == ["pretrain"]
+    assert "freed 0.00 GB of finished jobs' resume state (0 file(s))" in out  # run left none behind
+
+
+def test_clean_frees_a_finished_jobs_leftover_resume_state_and_keeps_its_backbone(
+    capsys, tmp_path, failed_store
+) -> None:
+    """What a worker killed between result.json and the deletion leaves (resume/), and what stores written
+    before resume/ existed kept in work/ (checkpoint.pt and its digests, finetuning runs' run<r>.pt)."""
+    results = copy_of(failed_store, tmp_path)
+    pretrain = job_dirs(results, "pretrain")[0]
+    backbone = next((pretrain / "work").glob("backbone*.pt"))
+    (pretrain / "resume").mkdir()
+    (pretrain / "resume" / "checkpoint.pt").write_bytes(b"x" * 3_000_000)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "checkpoint.sha256", "run0.pt"):
+        (pretrain / "work" / name).write_bytes(b"x" * 1_000_000)
+    code, out, _ = harness(capsys, "clean", "--all", "--results", str(results))
+    assert code == 0 and "freed 0.01 GB of finished jobs' resume state (5 file(s))" in out
+    assert sorted(p.name for p in (pretrain / "work").iterdir()) == [backbone.name]
+    assert not (pretrain / "resume").exists()
+    code, _, err = harness(capsys, "verify", "--results", str(results))
+    assert code == 0 and "0 problem(s)" in err  # still whole
 
 
 def test_clean_finished_needs_yes(capsys, tmp_path, failed_store) -> None:
