@@ -4,8 +4,9 @@ A generated table spec (YAML in a temp dir, loaded by harness.spec.load_table li
 rows (distinct seeds) x `columns` linear columns (distinct protocols) under the tiny profile. The store fixture
 (written by this benchmark, not a test result) holds a fake but well-formed result.json for every job of the table
 and of `tables - 1` more plans of it (distinct overrides), so collation reads `tables` x cells results. Timed:
-harness.planner.plan, harness.status.print_status over the plan's jobs, and harness.collate.collate + every
-harness.render renderer for each of the tables. Target: each under 2 s (rendering: per table).
+harness.planner.plan, harness.status.print_status over the plan's jobs, and, as `run` and `table` do it,
+harness.collate.collate once per table and then every harness.render renderer on it, for all the tables.
+Target: each of the three under 2 s (rendering: all the tables together).
 
 python benchmarks/bench_orchestration.py [--quick] [--out DIR]
 """
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         status_s, _ = _status(jobs, store)
 
         def render_all() -> int:
-            return sum(len(r(collate(p, store))) for p in plans for r in RENDERERS.values())
+            collated = [collate(p, store) for p in plans]
+            return sum(len(r(c)) for c in collated for r in RENDERERS.values())
 
         render_s, chars = timed(render_all, repeat=1)
     figures = {
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         "render_per_table_s": render_s / len(plans),
         "rendered_chars": chars,
         "target_s": TARGET_S,
-        "target_met": max(plan_s, status_s, render_s / len(plans)) <= TARGET_S,
+        "target_met": max(plan_s, status_s, render_s) <= TARGET_S,
     }
     table([("plan", f"{figures['cells']} cells", plan_s),
            ("status", f"{len(jobs)} jobs", status_s),
