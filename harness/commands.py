@@ -139,10 +139,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
         shutil.rmtree(path)
     kept = sum(state[j.key] == DONE for j in jobs) if not args.finished else 0
     active = sum(state[j.key] in ACTIVE for j in jobs)
-    stale = [f for j in jobs if state[j.key] == DONE and not args.finished for f in stale_resume_state(store, j)]
+    # with --finished the finished jobs' dirs went above, resume state and all
+    stale = [] if args.finished else [f for j in jobs if state[j.key] == DONE for f in stale_resume_state(store, j)]
     freed = sum(f.stat().st_size for path in stale for f in (path.rglob("*") if path.is_dir() else [path]))
     for path in stale:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     print(
         f"removed {len(doomed_dirs)} job dir(s); kept {kept} finished and {active} queued/running; "
         f"freed {freed / 1e9:.2f} GB of finished jobs' resume state ({len(stale)} file(s))"
@@ -157,7 +161,7 @@ LEGACY_RESUME = ("checkpoint.pt", "checkpoint.prev.pt", "checkpoint.sha256", "ru
 def stale_resume_state(store: Store, job: Job) -> list[Path]:
     """A finished job's leftovers: resume/ (a worker killed between result.json and its deletion) and the
     checkpoints older stores kept in work/; never a file the result names."""
-    resume, work = store.resume_dir(job), store.job_dir(job.key, job.kind) / "work"
+    resume, work = store.resume_dir(job), store.work_dir(job)
     named = {work / n for n in _named_files(store.result(job) or {})}
     legacy = [f for pattern in LEGACY_RESUME for f in sorted(work.glob(pattern)) if f not in named]
     return [*([resume] if resume.exists() else []), *legacy]

@@ -147,7 +147,7 @@ def _cam_grid(c: Collated, store: Store) -> list[Path]:
         result = store.result(job) if job else None
         if result is None:
             continue
-        grids[row] = store.job_dir(job.key, job.kind) / "work" / result["grid"]
+        grids[row] = store.work_dir(job) / result["grid"]
         records += [{"row": row, "top1": result["value"], **image} for image in result["images"]]
     if not grids:
         return []

@@ -37,7 +37,7 @@ class JobContext:
 
     @property
     def workdir(self) -> Path:
-        return self.store.job_dir(self.job.key, self.job.kind) / "work"
+        return self.store.work_dir(self.job)
 
     @property
     def resume_dir(self) -> Path:
@@ -178,7 +178,7 @@ def run_transfer(ctx: JobContext) -> dict:
     summary = ctx.store.result(source)
     backbone = summary["backbone"] if epoch is None else _kept_backbone(source, summary, epoch)
     task_ctx = TaskContext(
-        backbone_path=ctx.store.job_dir(source.key, source.kind) / "work" / backbone,
+        backbone_path=ctx.store.work_dir(source) / backbone,
         source_key=(
             source.key if epoch is None else spec_hash({"source": source.key, "epoch": epoch})
         ),

@@ -135,6 +135,9 @@ class Store:
 
     # -- writing ----------------------------------------------------------------------------
 
+    def work_dir(self, job: Job) -> Path:
+        return self.job_dir(job.key, job.kind) / "work"
+
     def resume_dir(self, job: Job) -> Path:
         return self.job_dir(job.key, job.kind) / "resume"
 
