@@ -155,7 +155,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 # resume state that stores written before resume/ existed kept in work/ after the job finished
-LEGACY_RESUME = ("checkpoint.pt", "checkpoint.prev.pt", "checkpoint.sha256", "run*.pt", ".*.tmp")
+LEGACY_RESUME = ("checkpoint.pt", "checkpoint.prev.pt", "checkpoint.sha256", "run*.pt", ".*.tmp", "checkpoint*.tmp")
 
 
 def stale_resume_state(store: Store, job: Job) -> list[Path]:

@@ -135,10 +135,10 @@ def test_clean_frees_a_finished_jobs_leftover_resume_state_and_keeps_its_backbon
     backbone = next((pretrain / "work").glob("backbone*.pt"))
     (pretrain / "resume").mkdir()
     (pretrain / "resume" / "checkpoint.pt").write_bytes(b"x" * 3_000_000)
-    for name in ("checkpoint.pt", "checkpoint.prev.pt", "checkpoint.sha256", "run0.pt"):
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "checkpoint.sha256", "run0.pt", "checkpoint.pt.tmp"):
         (pretrain / "work" / name).write_bytes(b"x" * 1_000_000)
     code, out, _ = harness(capsys, "clean", "--all", "--results", str(results))
-    assert code == 0 and "freed 0.01 GB of finished jobs' resume state (5 file(s))" in out
+    assert code == 0 and "freed 0.01 GB of finished jobs' resume state (6 file(s))" in out
     assert sorted(p.name for p in (pretrain / "work").iterdir()) == [backbone.name]
     assert not (pretrain / "resume").exists()
     code, _, err = harness(capsys, "verify", "--results", str(results))
