@@ -31,13 +31,17 @@ from pretrain.config import AugConfig, MoCoConfig, PretrainConfig
 class SplitBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are computed over `num_splits` sub-batches.
 
-    Sample n goes to sub-batch n mod S (a zero-copy view N x C -> N/S x S*C); running statistics are
-    the mean over sub-batches. In eval mode it is plain BN, and its state dict is plain BN's.
+    Sample n goes to sub-batch n mod S; running statistics are the mean over sub-batches. NCHW:
+    one batch_norm call over a zero-copy view N x C -> N/S x S*C. channels_last: that view is not
+    one (it would copy every map), so `sub_batch_major` runs the module with its rows reordered
+    sub-batch by sub-batch, and each sub-batch, a contiguous channels_last chunk, gets its own
+    batch_norm call. In eval mode it is plain BN, and its state dict is plain BN's.
     """
 
     def __init__(self, num_features: int, num_splits: int, **kwargs) -> None:
         super().__init__(num_features, **kwargs)
         self.num_splits = num_splits
+        self.rows_sub_batch_major = False  # set only inside sub_batch_major()
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
@@ -46,20 +50,55 @@ class SplitBatchNorm(nn.BatchNorm2d):
         s = self.num_splits
         assert n % s == 0, f"split BN: batch {n} is not a multiple of split_bn={s}"
         mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)  # S*C, updated in place
-        y = F.batch_norm(
-            x.reshape(n // s, s * c, h, w),
-            mean,
-            var,
-            self.weight.repeat(s),
-            self.bias.repeat(s),
-            True,
-            self.momentum,
-            self.eps,
-        )
+        if self.rows_sub_batch_major:  # sub-batch r = rows r N/S ... (r + 1) N/S - 1
+            stats = zip(x.chunk(s), mean.split(c), var.split(c))  # split: views, updated in place
+            y = torch.cat(
+                [F.batch_norm(chunk, m, v, self.weight, self.bias, True, self.momentum, self.eps)
+                 for chunk, m, v in stats]
+            )  # fmt: skip
+        else:
+            y = F.batch_norm(
+                x.reshape(n // s, s * c, h, w),
+                mean,
+                var,
+                self.weight.repeat(s),
+                self.bias.repeat(s),
+                True,
+                self.momentum,
+                self.eps,
+            ).view(n, c, h, w)
         self.running_mean.copy_(mean.view(s, c).mean(0))
         self.running_var.copy_(var.view(s, c).mean(0))
         self.num_batches_tracked.add_(1)
-        return y.view(n, c, h, w)
+        return y
+
+
+def sub_batch_major(module: nn.Module, x: Tensor) -> Tensor:
+    """module(x), each SplitBatchNorm normalising the same sub-batches (rows n mod S), in
+    channels_last without copying maps: x's rows are reordered so that sub-batch r is the r-th
+    contiguous chunk (a copy of the 3-channel input), the split BNs normalise chunks, and the
+    output's rows are put back. Other inputs (NCHW, eval mode, no split BN) go straight to module.
+    Measured (ResNet-18 MoCo-v2 step, 64 px, batch 128, bf16, 2 cores): channels_last 7% faster
+    than NCHW this way, 6% slower with the reshaped view."""
+    norms = [m for m in module.modules() if isinstance(m, SplitBatchNorm) and m.training]
+    splits = {m.num_splits for m in norms}
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    if not (splits and cl and not x.is_contiguous()):
+        return module(x)
+    if len(splits) > 1:
+        raise ValueError(f"sub_batch_major: split BNs disagree on num_splits ({sorted(splits)})")
+    (s,) = splits
+    n = len(x)
+    assert n % s == 0, f"split BN: batch {n} is not a multiple of split_bn={s}"
+    order = torch.arange(n, device=x.device).view(n // s, s).T.reshape(-1)  # 0, S, 2S, ..., 1, ...
+    for m in norms:
+        m.rows_sub_batch_major = True
+    try:
+        y = module(x[order].contiguous(memory_format=torch.channels_last))
+    finally:
+        for m in norms:
+            m.rows_sub_batch_major = False
+    return y[torch.argsort(order)]
 
 
 class _MaxPoolNHWC(torch.autograd.Function):
@@ -199,7 +238,7 @@ class MoCo(nn.Module):
         if cfg.knn_lambda > 0 and cfg.knn_enqueue_first:
             self._enqueue(keys, keys_g)  # appendix B: the memory bank first, then the loss
         assert all(len(x) % n == 0 for x in positives), "positives: rows must be a multiple of N"
-        features = torch.cat([_full(self.backbone(x)) for x in positives])  # g(X+): (L N) x D
+        features = torch.cat([_full(sub_batch_major(self.backbone, x)) for x in positives])  # g(X+)
         q = F.normalize(_full(self.head(features)), dim=1)  # f(X+): (L N) x C
         k = k.repeat(len(q) // n, 1)  # the anchor key of every positive row: (L N) x C
         use_knn = knn and cfg.knn_lambda > 0
@@ -210,7 +249,7 @@ class MoCo(nn.Module):
 
     def _encode(self, x: Tensor) -> Tensor:
         """q = f(x+) = h(g(x+)), L2-normalised, at least fp32: N x C."""
-        return F.normalize(_full(self.head(self.backbone(x))), dim=1)
+        return F.normalize(_full(self.head(sub_batch_major(self.backbone, x))), dim=1)
 
     def _encode_anchor(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """k = f'(x) (N x C) and g'(x) (N x D), both L2-normalised; then the same for the global
@@ -222,7 +261,7 @@ class MoCo(nn.Module):
         if size > 1:
             dist.broadcast(perm, 0)  # one permutation for all processes
         mine = x_all if perm is None else x_all[perm][rank::size]
-        g = _full(self.momentum_backbone(mine))
+        g = _full(sub_batch_major(self.momentum_backbone, mine))
         k = F.normalize(_full(self.momentum_head(g)), dim=1)
         g = F.normalize(g, dim=1)
         both = gather_interleaved(torch.cat([k, g], 1))  # rows of x_all[perm]
