@@ -14,6 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
+from pretrain.convs import live_tap_convs
 from pretrain.registry import lookup
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
@@ -24,11 +25,12 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_backbone(arch: str, norm_layer: Callable[[int], nn.Module] | None = None) -> nn.Module:
-    """Randomly initialised `arch` (torchvision init), fc replaced by identity; sets `.out_dim`."""
+    """Randomly initialised `arch` (torchvision init), fc replaced by identity; sets `.out_dim`. Its
+    convolutions skip the kernel taps that read only padding (pretrain/convs.py: same results)."""
     net = lookup(BACKBONES, arch, "backbone")(weights=None, norm_layer=norm_layer)
     net.out_dim = net.fc.in_features  # D
     net.fc = nn.Identity()
-    return net
+    return live_tap_convs(net)
 
 
 def save_backbone(module: nn.Module, arch: str, path: str | Path) -> Path:

@@ -330,13 +330,14 @@ def _same_size(items: list[tuple[torch.Tensor, torch.Tensor]]) -> list[list[tupl
 
 def build_model(backbone_path: Path, outputs: int, protocol: DenseProtocol) -> DenseModel:
     from pretrain.backbones import load_backbone
+    from pretrain.convs import live_tap_convs
 
     body = trunk(load_backbone(backbone_path))
     if protocol.head == "fcn":
         head = fcn_head(body.out_dim, outputs, protocol.head_channels, protocol.head_dilation)
     else:
         head = deeplabv3_head(body.out_dim, outputs, protocol.head_channels, tuple(protocol.aspp_rates))
-    return DenseModel(body, head)
+    return DenseModel(body, live_tap_convs(head))  # dilated 3x3s on small maps: centre taps only
 
 
 def train_run(train: Any, protocol: DenseProtocol, depth: bool, run: int, ctx: Any, what: str = "train") -> nn.Module:
