@@ -7,17 +7,20 @@ small RandomResizedCrops with the same colour pipeline (SwAV's way). Harness: `p
 (batched augmentation with per-sample parameters, then the same MoCo model), fp32, bf16 autocast, and bf16 with
 the model and batches in channels_last (`memory_format`).
 Both train the same `pretrain.moco.MoCo` (ResNet-18) with the same SGD, resolution, batch and torch threads.
-A figure is images (anchors) per second over one epoch of `steps` steps, warm-up and loader start included.
+A run is one epoch of `steps` steps, warm-up and loader start included; each loop runs `--repeats` times (default 3),
+the loops interleaved so that a slow spell of a shared machine hits them alike, and its figure is the median run's
+images (anchors) per second (one run each swung the ratios by 0.2-0.7 between two runs an hour apart).
 bf16 changes numerics: the same seeded run (same batches, same augmentations) in fp32, bf16 and bf16 channels_last
 must keep its per-epoch loss within `--loss-tol` (relative) of fp32.
 
-python benchmarks/bench_pretrain.py [--quick] [--threads 2] [--workers 2] [--out DIR]
+python benchmarks/bench_pretrain.py [--quick] [--threads 2] [--workers 2] [--repeats 3] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -180,6 +183,23 @@ def harness_run(cfg: PretrainConfig, data: torch.Tensor) -> dict:
         return pretrain(cfg, data, Path(workdir))
 
 
+LOOPS = ("reference_fp32", "harness_fp32", "harness_bf16", "harness_bf16_channels_last")
+
+
+def config_for(s: dict, threads: int, loop: str, multicrop: bool) -> PretrainConfig:
+    """The config of one of LOOPS (the reference trains in fp32, in the default layout)."""
+    precision = "fp32" if loop.endswith("fp32") else "bf16"
+    layout = "channels_last" if loop.endswith("channels_last") else "contiguous"
+    return config(s, threads, precision, multicrop, memory_format=layout)
+
+
+def one_run(loop: str, cfg: PretrainConfig, data: torch.Tensor, workers: int) -> float:
+    """Images per second of one epoch of `loop` (one of LOOPS)."""
+    if loop == "reference_fp32":
+        return reference_epoch(cfg, data, workers)["images_per_s"]
+    return harness_run(cfg, data)["images_per_s"]
+
+
 def bf16_check(s: dict, threads: int, tol: float) -> dict:
     """The same seeded run in fp32, bf16 and bf16 channels_last: per-epoch mean losses and the largest relative
     gap of either bf16 run to fp32."""
@@ -203,23 +223,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
     parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
     parser.add_argument("--loss-tol", type=float, default=0.02, help="bf16 vs fp32, relative")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="runs of each loop, interleaved; the figure is their median (default 3, quick 1)")  # fmt: skip
     args = parser.parse_args(argv)
     s = QUICK if args.quick else FULL
+    args.repeats = args.repeats or (1 if args.quick else 3)
     torch.set_num_threads(args.threads)
     data = images(s["steps"] * s["batch"], s["image"])
     figures, rows = {}, []
     for name, multicrop in (("mocov2", False), ("multicrop", True)):
-        ref = reference_epoch(config(s, args.threads, "fp32", multicrop), data, args.workers)["images_per_s"]
-        fp32 = harness_run(config(s, args.threads, "fp32", multicrop), data)["images_per_s"]
-        bf16 = harness_run(config(s, args.threads, "bf16", multicrop), data)["images_per_s"]
-        nhwc = config(s, args.threads, "bf16", multicrop, memory_format="channels_last")
-        cl = harness_run(nhwc, data)["images_per_s"]
-        figures[name] = {"reference_fp32_img_s": ref, "harness_fp32_img_s": fp32, "harness_bf16_img_s": bf16,
-                         "harness_bf16_channels_last_img_s": cl, "speedup_fp32": fp32 / ref,
-                         "speedup_bf16": bf16 / ref, "speedup_bf16_channels_last": cl / ref}  # fmt: skip
+        runs = {loop: [] for loop in LOOPS}
+        for _ in range(args.repeats):  # interleaved: a slow spell of a shared machine hits every loop alike
+            for loop in LOOPS:
+                runs[loop].append(one_run(loop, config_for(s, args.threads, loop, multicrop), data, args.workers))
+        rate = {loop: statistics.median(r) for loop, r in runs.items()}
+        ref = rate["reference_fp32"]
+        figures[name] = {
+            **{f"{loop}_img_s": v for loop, v in rate.items()},
+            **{f"{loop}_img_s_runs": r for loop, r in runs.items()},
+            **{f"speedup_{loop[len('harness_'):]}": v / ref for loop, v in rate.items() if loop != "reference_fp32"},
+        }
         rows += [(name, "reference (PIL, workers, fp32)", ref, 1.0),
-                 (name, "harness fp32", fp32, fp32 / ref), (name, "harness bf16", bf16, bf16 / ref),
-                 (name, "harness bf16 channels_last", cl, cl / ref)]  # fmt: skip
+                 (name, "harness fp32", rate["harness_fp32"], rate["harness_fp32"] / ref),
+                 (name, "harness bf16", rate["harness_bf16"], rate["harness_bf16"] / ref),
+                 (name, "harness bf16 channels_last", rate["harness_bf16_channels_last"],
+                  rate["harness_bf16_channels_last"] / ref)]  # fmt: skip
     figures["bf16_numerics"] = bf16_check(s, args.threads, args.loss_tol)
     table(rows, ("variant", "loop", "img/s", "x reference"))
     check = figures["bf16_numerics"]
@@ -227,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"bf16 vs fp32 loss: max relative gap {check['max_rel_gap']:.4f} (tolerance {args.loss_tol})"
     )
     settings = {**s, "n_small": N_SMALL, "arch": "resnet18", "threads": args.threads, "workers": args.workers,
-                "quick": args.quick}  # fmt: skip
+                "repeats": args.repeats, "quick": args.quick}  # fmt: skip
     write("bench_pretrain", settings, figures, args.out)
     return figures
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -35,13 +36,15 @@ def run_quick(name: str, tmp_path: Path, *extra: str) -> dict:
 
 
 def test_bench_pretrain_quick(tmp_path: Path) -> None:
-    out = run_quick("bench_pretrain", tmp_path, "--threads", "1", "--workers", "1")
+    out = run_quick("bench_pretrain", tmp_path, "--threads", "1", "--workers", "1", "--repeats", "2")
     figures = out["figures"]
+    assert out["settings"]["repeats"] == 2
     for variant in ("mocov2", "multicrop"):
         f = figures[variant]
         runs = ("reference_fp32", "harness_fp32", "harness_bf16", "harness_bf16_channels_last")
         for key in (f"{run}_img_s" for run in runs):
             assert f[key] > 0 and math.isfinite(f[key]), (variant, key, f)
+            assert len(f[f"{key}_runs"]) == 2 and f[key] == statistics.median(f[f"{key}_runs"])
         assert f["speedup_bf16"] == f["harness_bf16_img_s"] / f["reference_fp32_img_s"]
         assert f["speedup_bf16_channels_last"] == f["harness_bf16_channels_last_img_s"] / f["reference_fp32_img_s"]
     check = figures["bf16_numerics"]
