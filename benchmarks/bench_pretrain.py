@@ -8,8 +8,9 @@ small RandomResizedCrops with the same colour pipeline (SwAV's way). Harness: `p
 the model and batches in channels_last (`memory_format`).
 Both train the same `pretrain.moco.MoCo` (ResNet-18) with the same SGD, resolution, batch and torch threads.
 A run is one epoch of `steps` steps, warm-up and loader start included; each loop runs `--repeats` times (default 3),
-the loops interleaved so that a slow spell of a shared machine hits them alike, and its figure is the median run's
-images (anchors) per second (one run each swung the ratios by 0.2-0.7 between two runs an hour apart).
+the loops interleaved, and its figure is the median run's images (anchors) per second; a speedup is the median over
+repeats of that repeat's loop against the same repeat's reference (run minutes apart: this VM's speed swings by up to
+3x for minutes at a time, and single runs swung the ratios by 0.2-0.7 between two runs an hour apart).
 bf16 changes numerics: the same seeded run (same batches, same augmentations) in fp32, bf16 and bf16 channels_last
 must keep its per-epoch loss within `--loss-tol` (relative) of fp32.
 
@@ -241,13 +242,17 @@ def main(argv: list[str] | None = None) -> dict:
         figures[name] = {
             **{f"{loop}_img_s": v for loop, v in rate.items()},
             **{f"{loop}_img_s_runs": r for loop, r in runs.items()},
-            **{f"speedup_{loop[len('harness_'):]}": v / ref for loop, v in rate.items() if loop != "reference_fp32"},
         }
+        for loop in LOOPS[1:]:  # each repeat's loop against the same repeat's reference, minutes apart at most
+            ratios = [h / r for h, r in zip(runs[loop], runs["reference_fp32"])]
+            figures[name][f"speedup_{loop[len('harness_'):]}_runs"] = ratios
+            figures[name][f"speedup_{loop[len('harness_'):]}"] = statistics.median(ratios)
+        f = figures[name]
         rows += [(name, "reference (PIL, workers, fp32)", ref, 1.0),
-                 (name, "harness fp32", rate["harness_fp32"], rate["harness_fp32"] / ref),
-                 (name, "harness bf16", rate["harness_bf16"], rate["harness_bf16"] / ref),
+                 (name, "harness fp32", rate["harness_fp32"], f["speedup_fp32"]),
+                 (name, "harness bf16", rate["harness_bf16"], f["speedup_bf16"]),
                  (name, "harness bf16 channels_last", rate["harness_bf16_channels_last"],
-                  rate["harness_bf16_channels_last"] / ref)]  # fmt: skip
+                  f["speedup_bf16_channels_last"])]  # fmt: skip
     figures["bf16_numerics"] = bf16_check(s, args.threads, args.loss_tol)
     table(rows, ("variant", "loop", "img/s", "x reference"))
     check = figures["bf16_numerics"]
