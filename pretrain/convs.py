@@ -5,10 +5,9 @@ on a 1 x 1 map (32 px crops) uses only the centre tap, and the FCN head's dilati
 3 x 3 map (48 px crops at output stride 16) too. oneDNN computes (and, slowly, back-propagates) every tap
 anyway. `LiveTapConv2d` convolves with the kernel cropped to the taps that read at least one real pixel
 for some output pixel, with the padding shifted to match: the same products, the same outputs and the
-same gradients (a dead tap's gradient is zero in both), in fewer operations. Measured on 2 cores:
-pretraining step (ResNet-18, batch 128, fp32, 32 px) MoCo-v2 412 -> 436 img/s, with 4 small crops
-153 -> 171 img/s; a 2-epoch tiny Seg. VOC finetuning 17.8 -> 13.7 s; Table 3 cold (tiny), per row:
-Seg. VOC 65 -> 52 s, Seg. NYUD 61 -> 53 s, pretraining 105 -> 92 s.
+same gradients (a dead tap's gradient is zero in both), in fewer operations. Measured on 2 cores, on against off, interleaved: a tiny pretraining epoch (fp32,
+32 px, batch 128; 3 runs each) 439 -> 454 img/s; a 2-epoch tiny finetuning (2 runs each) Seg. VOC
+15.5 -> 13.4 s, Seg. NYUD 15.8 -> 13.0 s.
 """
 
 from __future__ import annotations
