@@ -5,9 +5,9 @@ on a 1 x 1 map (32 px crops) uses only the centre tap, and the FCN head's dilati
 3 x 3 map (48 px crops at output stride 16) too. oneDNN computes (and, slowly, back-propagates) every tap
 anyway. `LiveTapConv2d` convolves with the kernel cropped to the taps that read at least one real pixel
 for some output pixel, with the padding shifted to match: the same products, the same outputs and the
-same gradients (a dead tap's gradient is zero in both), in fewer operations. Measured on 2 cores, on against off, interleaved: a tiny pretraining epoch (fp32,
-32 px, batch 128; 3 runs each) 439 -> 454 img/s; a 2-epoch tiny finetuning (2 runs each) Seg. VOC
-15.5 -> 13.4 s, Seg. NYUD 15.8 -> 13.0 s.
+same gradients (a dead tap's gradient is zero in both), in fewer operations. Measured on 2 cores, on
+against off, interleaved: a tiny pretraining epoch (fp32, 32 px, batch 128; 3 runs each) 439 -> 454
+img/s; a 2-epoch tiny finetuning (2 runs each) Seg. VOC 15.5 -> 13.4 s, Seg. NYUD 15.8 -> 13.0 s.
 """
 
 from __future__ import annotations
@@ -47,9 +47,8 @@ class LiveTapConv2d(nn.Conv2d):
         axes = [live_taps(x.shape[-2 + i], k[i], st[i], pad[i], dil[i]) for i in range(2)]
         if axes == [None, None]:
             return super()._conv_forward(x, weight, bias)
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
-        h0, h1, ph = axes[0] or (0, kh - 1, ph)
-        w0, w1, pw = axes[1] or (0, kw - 1, pw)
+        h0, h1, ph = axes[0] or (0, k[0] - 1, pad[0])
+        w0, w1, pw = axes[1] or (0, k[1] - 1, pad[1])
         cropped = weight[:, :, h0 : h1 + 1, w0 : w1 + 1]
         return F.conv2d(x, cropped, bias, self.stride, (ph, pw), self.dilation, self.groups)
 

@@ -80,10 +80,12 @@ def sub_batch_major(module: nn.Module, x: Tensor) -> Tensor:
     output's rows are put back. Other inputs (NCHW, eval mode, no split BN) go straight to module.
     Measured (ResNet-18 MoCo-v2 step, 64 px, batch 128, bf16, 2 cores): channels_last 7% faster
     than NCHW this way, 6% slower with the reshaped view."""
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if not cl:  # the default layout: no walk over the modules on every call
+        return module(x)
     norms = [m for m in module.modules() if isinstance(m, SplitBatchNorm) and m.training]
     splits = {m.num_splits for m in norms}
-    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-    if not (splits and cl and not x.is_contiguous()):
+    if not splits:
         return module(x)
     if len(splits) > 1:
         raise ValueError(f"sub_batch_major: split BNs disagree on num_splits ({sorted(splits)})")
