@@ -10,9 +10,10 @@ from harness.planner import make_job
 from harness.progress import Reporter, cost_class
 
 
-def pretrain(epochs: int, method: str = "mocov2", n_small: int = 0):
-    spec = {"method": method, "epochs": epochs, "aug": {"n_small": n_small}, "data": {"name": "in118k"}}
-    return make_job("pretrain", f"pretrain {method} {epochs} {n_small}", spec)
+def pretrain(epochs: int, method: str = "mocov2", n_small: int = 0, images: int | None = None):
+    data = {"name": "in118k"} | ({"size": images} if images else {})
+    spec = {"method": method, "epochs": epochs, "aug": {"n_small": n_small}, "data": data, "batch_size": 128}
+    return make_job("pretrain", f"pretrain {method} {epochs} {n_small} {images}", spec)
 
 
 def transfer(task: str, target: str, i: int):
@@ -58,5 +59,9 @@ def test_cost_classes() -> None:
     assert cost_class(pretrain(20)) == (("pretrain", "mocov2", 0), 20.0)
     assert cost_class(pretrain(10, n_small=4))[0] != cost_class(pretrain(10))[0]  # multi-crop costs more
     assert cost_class(pretrain(0, method="random"))[1] == 1.0  # Rand. init.: no epochs, one unit
+    # with the data's size, per step: Table S1's 8x pretraining (32K images) is 8 of the 1x one
+    assert cost_class(pretrain(10, images=4000)) == (("pretrain", "mocov2", 0), 10.0 * 31)
+    assert cost_class(pretrain(10, images=32000))[1] == 10.0 * 250
+    assert cost_class(pretrain(1, images=100))[1] == 1.0  # fewer images than a batch: one step an epoch
     assert cost_class(transfer("linear", "cifar10", 0))[0] == cost_class(transfer("linear", "cifar10", 1))[0]
     assert cost_class(transfer("linear", "pets", 0))[0] != cost_class(transfer("linear", "cifar10", 0))[0]
