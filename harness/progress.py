@@ -19,17 +19,19 @@ from harness.planner import Job
 
 def cost_class(job: Job) -> tuple[tuple, float]:
     """(class, units): jobs of one class cost about the same per unit. Pretraining: a method with
-    its number of small crops, per step (epochs x the steps of an epoch, when the spec gives the
-    data's size: Table S1's 8x pretraining costs 8 of the 1x one), else per epoch; a transfer job:
-    its task on its target, per job. The first two fields name the kin classes (a task on other
-    targets) of a class not seen yet."""
+    its number of small crops, per step (epochs x the steps of an epoch) when the spec gives the
+    data's size (Table S1's 8x pretraining costs 8 of the 1x one), else per epoch, the two kept
+    apart (a paper-profile row on a whole dataset has no size); a transfer job: its task on its
+    target, per job. The first two fields name the kin classes (a task on other targets) of a
+    class not seen yet."""
     spec = job.spec
     if job.kind == "pretrain":
         small = (spec.get("aug") or {}).get("n_small", 0)
         epochs = max(spec.get("epochs") or 1, 1)
         images, batch = (spec.get("data") or {}).get("size"), spec.get("batch_size")
-        steps = max(images // batch, 1) if images and batch else 1
-        return ("pretrain", spec.get("method"), small), float(epochs * steps)
+        if images and batch:
+            return ("pretrain", spec.get("method"), small, "step"), float(epochs * max(images // batch, 1))
+        return ("pretrain", spec.get("method"), small, "epoch"), float(epochs)
     return (job.kind, spec.get("task"), (spec.get("data") or {}).get("name")), 1.0
 
 

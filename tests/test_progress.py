@@ -56,12 +56,15 @@ def test_time_left_scales_each_class_by_its_finished_jobs() -> None:
 
 
 def test_cost_classes() -> None:
-    assert cost_class(pretrain(20)) == (("pretrain", "mocov2", 0), 20.0)
+    assert cost_class(pretrain(20)) == (("pretrain", "mocov2", 0, "epoch"), 20.0)
     assert cost_class(pretrain(10, n_small=4))[0] != cost_class(pretrain(10))[0]  # multi-crop costs more
     assert cost_class(pretrain(0, method="random"))[1] == 1.0  # Rand. init.: no epochs, one unit
     # with the data's size, per step: Table S1's 8x pretraining (32K images) is 8 of the 1x one
-    assert cost_class(pretrain(10, images=4000)) == (("pretrain", "mocov2", 0), 10.0 * 31)
+    assert cost_class(pretrain(10, images=4000)) == (("pretrain", "mocov2", 0, "step"), 10.0 * 31)
     assert cost_class(pretrain(10, images=32000))[1] == 10.0 * 250
     assert cost_class(pretrain(1, images=100))[1] == 1.0  # fewer images than a batch: one step an epoch
+    # a run on a whole dataset (no size in its spec) is costed per epoch, never against per-step runs
+    assert cost_class(pretrain(10))[0][:2] == cost_class(pretrain(10, images=4000))[0][:2]  # kin
+    assert cost_class(pretrain(10))[0] != cost_class(pretrain(10, images=4000))[0]
     assert cost_class(transfer("linear", "cifar10", 0))[0] == cost_class(transfer("linear", "cifar10", 1))[0]
     assert cost_class(transfer("linear", "pets", 0))[0] != cost_class(transfer("linear", "cifar10", 0))[0]
