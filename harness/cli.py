@@ -107,10 +107,20 @@ def executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", type=choice("executor", EXECUTORS),
                    help=" or ".join(EXECUTORS))  # fmt: skip
     p.add_argument("--cluster", default="local", help="SLURM cluster profile in slurm/profiles/")
-    p.add_argument("--jobs", "-j", type=int, default=1,
-                   help="local executor: jobs at once, each pinned to its share of the cores (default 1)")  # fmt: skip
+    p.add_argument("--jobs", "-j", type=jobs_flag, default=1,
+                   help="local executor: jobs at once, each pinned to its share of the cores; 'auto': one per "
+                        "core, at most one per 2 GiB of available memory (default 1)")  # fmt: skip
     p.add_argument("--min-free-gb", type=float, default=MIN_FREE_GB,
                    help=f"least free space in --results to start (default {MIN_FREE_GB})")  # fmt: skip
+
+
+def jobs_flag(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--jobs {text!r}: give a number of jobs at once, or 'auto'") from None
 
 
 def choice(what: str, valid: tuple[str, ...]):

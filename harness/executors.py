@@ -93,30 +93,35 @@ def core_shares(cores: list[int], workers: int) -> list[list[int]]:
     return [cores[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-_SHARES: Any = None  # a worker's queue of core shares (set by the pool's initializer)
+def pin_process(cores: list[int]) -> None:
+    """Pin every thread of this process to `cores`: a worker reuses its process (and torch's OpenMP
+    threads) from job to job, and sched_setaffinity(0) would move the calling thread only."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except (ProcessLookupError, FileNotFoundError):  # a thread that has just exited
+            pass
 
 
-def _pin_worker(shares: Any) -> None:
-    """Pool initializer: this worker takes one share of the cores for good; a job's torch threads (and
-    the linear protocol's) follow the cores this process may use."""
-    os.sched_setaffinity(0, shares.get())
-
-
-def _run_job(results: str, key: str, roots: dict[str, str]) -> dict:
+def _run_job(results: str, key: str, roots: dict[str, str], cores: list[int]) -> dict:
+    pin_process(cores)  # the job's torch threads follow (harness.jobs._setup_torch)
     return JobRunner(results, key, roots)()
 
 
 class ParallelRun:
-    """The local executor with `workers` jobs at once: a job starts when its dependencies are done, in
-    plan order among the ready ones; each worker process is pinned to its own cores (a 2-core machine,
-    2 workers: a core each). Progress lines come as jobs finish; each job's live progress is in its
-    progress.json (`status`). A failure blocks its dependents and nothing else."""
+    """The local executor with up to `workers` jobs at once: a job starts when its dependencies are
+    done, in plan order among the ready ones, on a share of the cores free at that moment (the free
+    cores dealt evenly among the jobs starting together), pinned there until it ends: two ready jobs
+    on a 2-core machine get a core each, a job that starts alone gets both. Each job's live progress
+    is read from its progress.json for the status line. A failure blocks its dependents and nothing
+    else."""
+
+    POLL_S = 2.0  # how often the status line reads the running jobs' progress.json
 
     def __init__(self, plan: Plan, store: Store, reporter: Reporter, roots: dict[str, str], workers: int):
         self.plan, self.store, self.reporter, self.roots = plan, store, reporter, roots
-        cores = sorted(os.sched_getaffinity(0))
-        self.workers = min(workers, len(cores))
-        self.shares = core_shares(cores, self.workers)
+        self.cores = sorted(os.sched_getaffinity(0))
+        self.workers = min(workers, len(self.cores))
 
     def run(self) -> Outcome:
         import multiprocessing
@@ -125,39 +130,30 @@ class ParallelRun:
         outcome, waiting = Outcome(), list(self.plan.jobs.values())
         for job in waiting:
             self.store.register(job)
+        free = set(self.cores)
         # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang
         context = multiprocessing.get_context("spawn")
-        running: dict[Any, Job] = {}
-        with context.Manager() as manager, ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_pin_worker, initargs=(queue := manager.Queue(),)
-        ) as pool:
-            for share in self.shares:
-                queue.put(share)
+        running: dict[Any, tuple[Job, list[int]]] = {}
+        with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
             try:
                 while waiting or running:
-                    ready = [j for j in waiting if all(d in outcome.states for d in j.deps)]
-                    if not ready and not running:
-                        raise RuntimeError(f"no job can start: {waiting[0].name} waits on jobs outside the plan")
-                    for job in ready:
-                        if len(running) >= self.workers and not self.store.is_done(job):
-                            break
+                    startable = self._settle(waiting, outcome)
+                    if not startable and not running:
+                        if waiting:
+                            raise RuntimeError(f"no job can start: {waiting[0].name} waits on jobs outside the plan")
+                        break
+                    n = min(len(startable), self.workers - len(running), len(free))
+                    for job, share in zip(startable, core_shares(sorted(free), n) if n else []):
                         waiting.remove(job)
-                        if self.store.is_done(job):
-                            outcome.states[job.key], outcome.cached = DONE, outcome.cached + 1
-                            self.reporter.cached(job)
-                        elif (dep := blocked_by(job, outcome.states)) is not None:
-                            outcome.states[job.key] = BLOCKED
-                            self.store.write_blocked(job, self.plan.jobs[dep])
-                            self.reporter.blocked(job, self.plan.jobs[dep])
-                        else:
-                            outcome.ran += 1
-                            self.reporter.start(job)
-                            running[pool.submit(_run_job, str(self.store.root), job.key, self.roots)] = job
-                    if not running:
-                        continue
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                        free -= set(share)
+                        outcome.ran += 1
+                        self.reporter.start(job)
+                        future = pool.submit(_run_job, str(self.store.root), job.key, self.roots, share)
+                        running[future] = job, share
+                    finished, _ = wait(running, timeout=self.POLL_S, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        job = running.pop(future)
+                        job, share = running.pop(future)
+                        free |= set(share)
                         try:
                             result = future.result()
                         except Exception as err:  # recorded in error.json by the runner (unless the worker died)
@@ -166,10 +162,33 @@ class ParallelRun:
                         else:
                             self.reporter.finished(job, result)
                             outcome.states[job.key] = DONE
+                    if not finished:
+                        self.reporter.running([(job, self.store.progress(job)) for job, _ in running.values()])
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
         return outcome
+
+    def _settle(self, waiting: list[Job], outcome: Outcome) -> list[Job]:
+        """Record the ready jobs that need no run (cached, or blocked by a failure), until none is
+        left (a cached job can make more ready); return the ready jobs to run, in plan order."""
+        while True:
+            ready = [j for j in waiting if all(d in outcome.states for d in j.deps)]
+            settled = False
+            for job in ready:
+                if self.store.is_done(job):
+                    outcome.states[job.key], outcome.cached = DONE, outcome.cached + 1
+                    self.reporter.cached(job)
+                elif (dep := blocked_by(job, outcome.states)) is not None:
+                    outcome.states[job.key] = BLOCKED
+                    self.store.write_blocked(job, self.plan.jobs[dep])
+                    self.reporter.blocked(job, self.plan.jobs[dep])
+                else:
+                    continue
+                waiting.remove(job)
+                settled = True
+            if not settled:
+                return ready
 
 
 # ----------------------------------------------------------------------------- SLURM
@@ -391,11 +410,27 @@ def _check_slurm() -> None:
 EXECUTORS = ("local", "slurm")
 
 
-def make_executor(name: str, cluster: str, roots: dict[str, str], jobs: int = 1) -> Executor:
+JOB_MEMORY_GB = 2.0  # what `--jobs auto` allows a local job: the tiny profile's largest (Table S1's 8x) ~1.6 GB
+
+
+def auto_jobs(memory_gb: float | None = None) -> int:
+    """`--jobs auto`: a job per core this process may use, at most one per JOB_MEMORY_GB of available
+    memory. On a CPU one job on every core is slower than a job per core: a tiny pretraining runs 1.7x
+    faster on 2 cores than on one, not 2x (README, "Measured on this machine"). With an NVIDIA GPU
+    in sight, one job at a time: the jobs would share it."""
+    if Path("/dev/nvidiactl").exists():
+        return 1
+    if memory_gb is None:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        memory_gb = int(meminfo["MemAvailable"].split()[0]) / 2**20
+    return max(1, min(len(os.sched_getaffinity(0)), int(memory_gb // JOB_MEMORY_GB)))
+
+
+def make_executor(name: str, cluster: str, roots: dict[str, str], jobs: int | str = 1) -> Executor:
     if name == "local":
-        return LocalExecutor(roots, jobs)
+        return LocalExecutor(roots, auto_jobs() if jobs == "auto" else int(jobs))
     if name == "slurm":
-        if jobs != 1:
+        if jobs not in (1, "auto"):
             raise HarnessError(f"--jobs {jobs} is for the local executor: SLURM runs a table's transfer jobs as "
                                "an array (array_parallelism in the cluster profile, slurm/profiles/)")  # fmt: skip
         return SlurmExecutor(cluster, roots)

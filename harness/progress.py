@@ -8,6 +8,7 @@ one after another, so locally that is the time to the end; on SLURM, the serial 
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import time
@@ -107,6 +108,13 @@ class Reporter:
         elapsed = time.time() - self._started.get(job.key, time.time())
         self._status(f"> {job.name}  {describe(info)}  {elapsed:.0f} s")
 
+    def running(self, jobs: list[tuple[Job, dict | None]]) -> None:
+        """The status line for jobs running at once (a parallel local run), each with its last progress."""
+        now = time.time()
+        parts = [f"> {job.name}  {describe(info or {})}  {now - self._started.get(job.key, now):.0f} s"
+                 for job, info in jobs]  # fmt: skip
+        self._status(" | ".join(parts))
+
     def finished(self, job: Job, result: dict) -> None:
         wall = result.get("wall_s")
         summary = f"{result['value']:.2f}" if "value" in result else ""
@@ -158,7 +166,8 @@ class Reporter:
     def _status(self, text: str, force: bool = False) -> None:
         now = time.time()
         if self.tty:
-            print(f"\r\033[K{text[:150]}", end="", file=self.stream, flush=True)
+            width = shutil.get_terminal_size().columns - 1  # a wrapped line cannot be redrawn in place
+            print(f"\r\033[K{text[:width]}", end="", file=self.stream, flush=True)
         elif force or now - self._last_line > self.quiet_s:
             print(f"  {text}", file=self.stream, flush=True)
             self._last_line = now

@@ -8,6 +8,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 
 from harness.spec import REPO
 
@@ -23,6 +24,9 @@ def provenance() -> dict:
         "python": platform.python_version(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        # the cores this job may use and its torch threads (they change float rounding, not the job's key)
+        "cores": sorted(os.sched_getaffinity(0)),
+        **({"threads": torch.get_num_threads()} if (torch := sys.modules.get("torch")) else {}),
         "slurm": {k: os.environ[k] for k in SLURM_VARS if k in os.environ},
     }
 

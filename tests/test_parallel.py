@@ -8,7 +8,7 @@ import os
 import pandas as pd
 import pytest
 
-from harness.executors import core_shares
+from harness.executors import JOB_MEMORY_GB, auto_jobs, core_shares
 from tests.test_table2_e2e import cli
 
 
@@ -61,4 +61,33 @@ def test_jobs_is_a_local_flag(tmp_path):
     slurm = cli("run", "table2", "--profile", "smoke", "--results", tmp_path, "--executor", "slurm",
                 "--jobs", "2", check=False)  # fmt: skip
     assert slurm.returncode != 0 and "--jobs 2 is for the local executor" in slurm.stderr
+    typo = cli("run", "table2", "--profile", "smoke", "--results", tmp_path, "--jobs", "two", check=False)
+    assert typo.returncode != 0 and "--jobs 'two': give a number of jobs at once, or 'auto'" in typo.stderr
     assert not list(tmp_path.glob("jobs/*/result.json"))
+
+
+def _cores(job_dir) -> tuple[list[int], int]:
+    prov = json.loads((job_dir / "provenance.json").read_text())
+    return prov["cores"], prov["threads"]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two workers need two cores")
+def test_a_job_gets_the_cores_free_when_it_starts(tmp_path):
+    """One pretraining starts alone and takes every core; its two transfers start together and split them.
+    The same worker processes run both: pinning must move torch's threads that already exist."""
+    cores = sorted(os.sched_getaffinity(0))
+    out = cli("run", "table2", "--profile", "smoke", "--results", tmp_path, "--rows", "IN-118K",
+              "--columns", "CIFAR10,Pets", "--jobs", "2")  # fmt: skip
+    assert "3 jobs: 0 cached, 3 run, 0 failed" in out.stderr
+    (pretrain,) = tmp_path.glob("jobs/pretrain-*")
+    assert _cores(pretrain) == (cores, len(cores))
+    shares = [_cores(d) for d in tmp_path.glob("jobs/transfer-*")]
+    (a, na), (b, nb) = shares
+    assert not set(a) & set(b) and sorted(a + b) == cores and (na, nb) == (len(a), len(b)), shares
+
+
+def test_auto_jobs_is_a_job_per_core_within_memory():
+    cores = len(os.sched_getaffinity(0))
+    assert auto_jobs(memory_gb=1000 * JOB_MEMORY_GB) == cores or os.path.exists("/dev/nvidiactl")
+    assert auto_jobs(memory_gb=JOB_MEMORY_GB * 1.5) == 1  # room for one job: one at a time
+    assert auto_jobs(memory_gb=0.1) == 1  # never none

@@ -68,3 +68,14 @@ def test_cost_classes() -> None:
     assert cost_class(pretrain(10))[0] != cost_class(pretrain(10, images=4000))[0]
     assert cost_class(transfer("linear", "cifar10", 0))[0] == cost_class(transfer("linear", "cifar10", 1))[0]
     assert cost_class(transfer("linear", "pets", 0))[0] != cost_class(transfer("linear", "cifar10", 0))[0]
+
+
+def test_the_status_line_of_jobs_running_at_once_shows_each() -> None:
+    out = io.StringIO()
+    jobs = [pretrain(10), pretrain(10, n_small=4)]
+    reporter = Reporter(2, stream=out, quiet_s=0.0, pending=jobs)
+    for job in jobs:
+        reporter.start(job)
+    reporter.running([(jobs[0], {"epoch": 3, "epochs": 10, "loss": 6.5}), (jobs[1], None)])
+    line = out.getvalue().splitlines()[-1]
+    assert f"> {jobs[0].name}  epoch 3/10 loss 6.500" in line and f" | > {jobs[1].name}" in line
