@@ -7,10 +7,13 @@ small RandomResizedCrops with the same colour pipeline (SwAV's way). Harness: `p
 (batched augmentation with per-sample parameters, then the same MoCo model), fp32, bf16 autocast, and bf16 with
 the model and batches in channels_last (`memory_format`).
 Both train the same `pretrain.moco.MoCo` (ResNet-18) with the same SGD, resolution, batch and torch threads.
-A run is one epoch of `steps` steps, warm-up and loader start included; each loop runs `--repeats` times (default 3),
-the loops interleaved, and its figure is the median run's images (anchors) per second; a speedup is the median over
-repeats of that repeat's loop against the same repeat's reference (run minutes apart: this VM's speed swings by up to
-3x for minutes at a time, and single runs swung the ratios by 0.2-0.7 between two runs an hour apart).
+A run is one epoch of `steps` steps. Two figures come from each run, in images (anchors) per second: the whole
+epoch, warm-up and loader start included ("cold"), and its steps after the first `WARM_AFTER` ("warm": the steady
+state of a long run, where oneDNN's first-call kernel set-up and the reference's first batches, made while the
+model waits, are paid once). Each loop runs `--repeats` times (default 3), the loops interleaved, and its figure is
+the median run's; a speedup is the median over repeats of that repeat's loop against the same repeat's reference
+(run minutes apart: this VM's speed swings by up to 3x for minutes at a time, and single runs swung the ratios by
+0.2-0.7 between two runs an hour apart).
 bf16 changes numerics: the same seeded run (same batches, same augmentations) in fp32, bf16 and bf16 channels_last
 must keep its per-epoch loss within `--loss-tol` (relative) of fp32.
 
@@ -34,7 +37,7 @@ from PIL import Image, ImageFilter
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 from pretrain.config import PretrainConfig
 from pretrain.moco import MoCo
-from pretrain.train import pretrain
+from pretrain.train import PROGRESS_EVERY, pretrain
 
 sys.path.insert(0, str(Path(__file__).parent))
 from record import RESULTS, table, write  # noqa: E402
@@ -44,7 +47,7 @@ FULL = {
     "image": 96,
     "batch": 128,
     "queue": 4096,
-    "steps": 8,
+    "steps": 16,
     "check_epochs": 3,
     "check_steps": 4,
 }
@@ -53,11 +56,13 @@ QUICK = {
     "image": 40,
     "batch": 16,
     "queue": 64,
-    "steps": 2,
+    "steps": 11,
     "check_epochs": 2,
     "check_steps": 1,
 }
 N_SMALL = 4  # multi-crop: the paper's 4 small crops (pretrain/methods.py "mc")
+# the warm figure's first step: pretrain's progress reports come every PROGRESS_EVERY steps and at an epoch's end
+WARM_AFTER = PROGRESS_EVERY
 
 
 def images(n: int, side: int, seed: int = 0) -> torch.Tensor:
@@ -145,10 +150,18 @@ def pil_images(data: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in data]
 
 
+def warm_rate(steps: int, batch: int, seconds_at: dict[int, float]) -> float | None:
+    """Images per second over the steps after WARM_AFTER, from the seconds since the epoch's start at the end
+    of step WARM_AFTER and of the last step; None when the epoch is not longer than WARM_AFTER steps."""
+    if steps <= WARM_AFTER:
+        return None
+    return (steps - WARM_AFTER) * batch / (seconds_at[steps] - seconds_at[WARM_AFTER])
+
+
 def reference_epoch(cfg: PretrainConfig, data: torch.Tensor, workers: int) -> dict:
     """One epoch of the official-style loop (fp32, default memory format, per-image PIL aug in workers; on a
-    GPU, main_moco.py's pinned batches copied with non_blocking): images per second and, on a GPU, the peak
-    memory allocated."""
+    GPU, main_moco.py's pinned batches copied with non_blocking): images per second over the epoch and warm
+    (`warm_rate`) and, on a GPU, the peak memory allocated."""
     device = torch.device(cfg.device)
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.seed)
@@ -159,8 +172,8 @@ def reference_epoch(cfg: PretrainConfig, data: torch.Tensor, workers: int) -> di
                                          num_workers=workers, drop_last=True, pin_memory=cuda)  # fmt: skip
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for views in loader:
+    seconds_at, start = {}, time.perf_counter()
+    for step, views in enumerate(loader, 1):
         views = [v.to(device, non_blocking=True) for v in views]
         anchor, positive, small = views[0], views[1], views[2:]
         positives = [positive, torch.cat(small)] if small else [positive]  # small crops crop-major
@@ -168,10 +181,13 @@ def reference_epoch(cfg: PretrainConfig, data: torch.Tensor, workers: int) -> di
         opt.zero_grad()
         loss.backward()
         opt.step()
-    if cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return {"images_per_s": len(loader) * cfg.batch_size / seconds,
+        if step in (WARM_AFTER, len(loader)):
+            if cuda:
+                torch.cuda.synchronize(device)
+            seconds_at[step] = time.perf_counter() - start
+    steps = len(loader)
+    return {"images_per_s": steps * cfg.batch_size / seconds_at[steps],
+            "warm_images_per_s": warm_rate(steps, cfg.batch_size, seconds_at),
             "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}  # fmt: skip
 
 
@@ -179,9 +195,18 @@ def reference_epoch(cfg: PretrainConfig, data: torch.Tensor, workers: int) -> di
 
 
 def harness_run(cfg: PretrainConfig, data: torch.Tensor) -> dict:
-    """pretrain.train.pretrain on the uint8 tensor, in a throwaway workdir."""
+    """pretrain.train.pretrain on the uint8 tensor, in a throwaway workdir; with one epoch, its warm images
+    per second too, from the progress reports (each gives the images per second since the epoch's start)."""
+    seconds_at = {}
+
+    def progress(p: dict) -> None:
+        seconds_at[p["step"]] = p["step"] * cfg.batch_size / p["images_per_s"]
+
     with tempfile.TemporaryDirectory() as workdir:
-        return pretrain(cfg, data, Path(workdir))
+        out = pretrain(cfg, data, Path(workdir), progress=progress)
+    if cfg.epochs == 1:
+        out["warm_images_per_s"] = warm_rate(len(data) // cfg.batch_size, cfg.batch_size, seconds_at)
+    return out
 
 
 LOOPS = ("reference_fp32", "harness_fp32", "harness_bf16", "harness_bf16_channels_last")
@@ -194,11 +219,10 @@ def config_for(s: dict, threads: int, loop: str, multicrop: bool) -> PretrainCon
     return config(s, threads, precision, multicrop, memory_format=layout)
 
 
-def one_run(loop: str, cfg: PretrainConfig, data: torch.Tensor, workers: int) -> float:
-    """Images per second of one epoch of `loop` (one of LOOPS)."""
-    if loop == "reference_fp32":
-        return reference_epoch(cfg, data, workers)["images_per_s"]
-    return harness_run(cfg, data)["images_per_s"]
+def one_run(loop: str, cfg: PretrainConfig, data: torch.Tensor, workers: int) -> tuple[float, float | None]:
+    """Images per second of one epoch of `loop` (one of LOOPS): (cold, warm)."""
+    out = reference_epoch(cfg, data, workers) if loop == "reference_fp32" else harness_run(cfg, data)
+    return out["images_per_s"], out["warm_images_per_s"]
 
 
 def bf16_check(s: dict, threads: int, tol: float) -> dict:
@@ -233,34 +257,35 @@ def main(argv: list[str] | None = None) -> dict:
     data = images(s["steps"] * s["batch"], s["image"])
     figures, rows = {}, []
     for name, multicrop in (("mocov2", False), ("multicrop", True)):
-        runs = {loop: [] for loop in LOOPS}
+        runs = {(loop, when): [] for loop in LOOPS for when in ("cold", "warm")}
         for _ in range(args.repeats):  # interleaved: a slow spell of a shared machine hits every loop alike
             for loop in LOOPS:
-                runs[loop].append(one_run(loop, config_for(s, args.threads, loop, multicrop), data, args.workers))
-        rate = {loop: statistics.median(r) for loop, r in runs.items()}
-        ref = rate["reference_fp32"]
-        figures[name] = {
-            **{f"{loop}_img_s": v for loop, v in rate.items()},
-            **{f"{loop}_img_s_runs": r for loop, r in runs.items()},
-        }
+                cold, warm = one_run(loop, config_for(s, args.threads, loop, multicrop), data, args.workers)
+                runs[loop, "cold"].append(cold)
+                runs[loop, "warm"].append(warm)
+        f = figures[name] = {}
+        for (loop, when), r in runs.items():
+            key = f"{loop}_img_s" if when == "cold" else f"{loop}_warm_img_s"
+            f[key], f[f"{key}_runs"] = statistics.median(r), r
         for loop in LOOPS[1:]:  # each repeat's loop against the same repeat's reference, minutes apart at most
-            ratios = [h / r for h, r in zip(runs[loop], runs["reference_fp32"])]
-            figures[name][f"speedup_{loop[len('harness_'):]}_runs"] = ratios
-            figures[name][f"speedup_{loop[len('harness_'):]}"] = statistics.median(ratios)
-        f = figures[name]
-        rows += [(name, "reference (PIL, workers, fp32)", ref, 1.0),
-                 (name, "harness fp32", rate["harness_fp32"], f["speedup_fp32"]),
-                 (name, "harness bf16", rate["harness_bf16"], f["speedup_bf16"]),
-                 (name, "harness bf16 channels_last", rate["harness_bf16_channels_last"],
-                  f["speedup_bf16_channels_last"])]  # fmt: skip
+            for when, tail in (("cold", ""), ("warm", "_warm")):
+                ratios = [h / r for h, r in zip(runs[loop, when], runs["reference_fp32", when])]
+                f[f"speedup_{loop[len('harness_'):]}{tail}_runs"] = ratios
+                f[f"speedup_{loop[len('harness_'):]}{tail}"] = statistics.median(ratios)
+        rows.append((name, "reference (PIL, workers, fp32)", f["reference_fp32_img_s"], 1.0,
+                     f["reference_fp32_warm_img_s"], 1.0))  # fmt: skip
+        for loop in LOOPS[1:]:
+            short = loop[len("harness_"):]
+            rows.append((name, f"harness {short.replace('_', ' ', 1)}", f[f"{loop}_img_s"], f[f"speedup_{short}"],
+                         f[f"{loop}_warm_img_s"], f[f"speedup_{short}_warm"]))  # fmt: skip
     figures["bf16_numerics"] = bf16_check(s, args.threads, args.loss_tol)
-    table(rows, ("variant", "loop", "img/s", "x reference"))
+    table(rows, ("variant", "loop", "img/s", "x reference", f"warm img/s (steps > {WARM_AFTER})", "x warm reference"))
     check = figures["bf16_numerics"]
     print(
         f"bf16 vs fp32 loss: max relative gap {check['max_rel_gap']:.4f} (tolerance {args.loss_tol})"
     )
-    settings = {**s, "n_small": N_SMALL, "arch": "resnet18", "threads": args.threads, "workers": args.workers,
-                "repeats": args.repeats, "quick": args.quick}  # fmt: skip
+    settings = {**s, "warm_after": WARM_AFTER, "n_small": N_SMALL, "arch": "resnet18", "threads": args.threads,
+                "workers": args.workers, "repeats": args.repeats, "quick": args.quick}  # fmt: skip
     write("bench_pretrain", settings, figures, args.out)
     return figures
 

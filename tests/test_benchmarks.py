@@ -39,15 +39,19 @@ def test_bench_pretrain_quick(tmp_path: Path) -> None:
     out = run_quick("bench_pretrain", tmp_path, "--threads", "1", "--workers", "1", "--repeats", "2")
     figures = out["figures"]
     assert out["settings"]["repeats"] == 2
+    assert out["settings"]["steps"] > out["settings"]["warm_after"]  # a warm figure needs steps after warm-up
     for variant in ("mocov2", "multicrop"):
         f = figures[variant]
         runs = ("reference_fp32", "harness_fp32", "harness_bf16", "harness_bf16_channels_last")
-        for key in (f"{run}_img_s" for run in runs):
+        for key in (f"{run}{when}_img_s" for run in runs for when in ("", "_warm")):  # cold: the epoch
             assert f[key] > 0 and math.isfinite(f[key]), (variant, key, f)
             assert len(f[f"{key}_runs"]) == 2 and f[key] == statistics.median(f[f"{key}_runs"])
         for loop in ("bf16", "bf16_channels_last"):  # the median over repeats of each repeat's ratio
-            ratios = [h / r for h, r in zip(f[f"harness_{loop}_img_s_runs"], f["reference_fp32_img_s_runs"])]
-            assert f[f"speedup_{loop}_runs"] == ratios and f[f"speedup_{loop}"] == statistics.median(ratios)
+            for when in ("", "_warm"):
+                ratios = [h / r for h, r in zip(f[f"harness_{loop}{when}_img_s_runs"],
+                                                f[f"reference_fp32{when}_img_s_runs"])]  # fmt: skip
+                assert f[f"speedup_{loop}{when}_runs"] == ratios
+                assert f[f"speedup_{loop}{when}"] == statistics.median(ratios)
     check = figures["bf16_numerics"]
     bf16_runs = (check["loss_bf16"], check["loss_bf16_channels_last"])
     assert all(len(c) == out["settings"]["check_epochs"] for c in (check["loss_fp32"], *bf16_runs))
