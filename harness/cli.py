@@ -222,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_free_space(store.root, args.min_free_gb)
     executor = make_executor(args.executor, args.cluster, dataset_roots(args), args.jobs)
     started = time.time()
-    outcome = executor.run(the_plan, store, Reporter(total, pending=to_run))
+    outcome = executor.run(the_plan, store, Reporter(total, pending=to_run, at_once=getattr(executor, "at_once", 1)))
     collated = [collate(part, store) for part in the_plan.parts or [the_plan]]
     paths = render_all(collated, store) + (write_report(store, collated) if the_plan.parts else [])
     print("\n".join(RENDERERS["md"](c) for c in collated))

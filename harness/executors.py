@@ -56,6 +56,7 @@ class LocalExecutor:
             raise HarnessError(f"--jobs {jobs}: give at least 1 (jobs run at once on this machine)")
         self.roots = roots or {}
         self.jobs = jobs
+        self.at_once = min(jobs, len(os.sched_getaffinity(0)))  # ParallelRun's workers
 
     def run(self, plan: Plan, store: Store, reporter: Reporter) -> Outcome:
         if self.jobs > 1:

@@ -3,7 +3,8 @@
 On a terminal the status line is redrawn in place; elsewhere (CI, log files) it is printed at most
 every `quiet_s` seconds so logs stay short. Given the jobs still to run, each finished line ends with
 the job time left, estimated from the jobs finished so far (see `cost_class`): one process runs jobs
-one after another, so locally that is the time to the end; on SLURM, the serial work still queued.
+one after another, so locally that is the time to the end (with N jobs at once, about 1/N of it, also
+printed); on SLURM, the serial work still queued.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Reporter:
         stream: TextIO | None = None,
         quiet_s: float = 30.0,
         pending: list[Job] | None = None,
+        at_once: int = 1,
     ):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -93,6 +95,7 @@ class Reporter:
         self._slurm_seen: dict[str, str] = {}
         self._pending = {job.key: job for job in pending or []}  # to run: for the time-left estimate
         self._time_left = TimeLeft()
+        self.at_once = at_once  # jobs run at once (a parallel local run): the wall time left is about 1 / at_once
 
     # -- events -----------------------------------------------------------------------------
 
@@ -141,7 +144,10 @@ class Reporter:
 
     def _left(self) -> str:
         left = self.time_left() if self._pending else None
-        return f"  · {time_left_line(left)}" if left is not None else ""
+        if left is None:
+            return ""
+        wall = f", ~{_duration(left / self.at_once)} at {self.at_once} at once" if self.at_once > 1 else ""
+        return f"  · {time_left_line(left)}{wall}"
 
     def submitted(self, job: Job, slurm_id: str) -> None:
         self._line(f"^ {job.name}  submitted as SLURM job {slurm_id}", count=False)

@@ -79,3 +79,12 @@ def test_the_status_line_of_jobs_running_at_once_shows_each() -> None:
     reporter.running([(jobs[0], {"epoch": 3, "epochs": 10, "loss": 6.5}), (jobs[1], None)])
     line = out.getvalue().splitlines()[-1]
     assert f"> {jobs[0].name}  epoch 3/10 loss 6.500" in line and f" | > {jobs[1].name}" in line
+
+
+def test_with_jobs_at_once_the_time_left_is_also_given_as_wall_time() -> None:
+    out = io.StringIO()
+    jobs = [pretrain(10), pretrain(20), pretrain(30)]  # one class, per epoch: 60 s an epoch, 50 epochs left
+    reporter = Reporter(3, stream=out, pending=jobs, at_once=2)
+    reporter.start(jobs[0])
+    reporter.finished(jobs[0], {"wall_s": 600.0, "loss_history": [6.5]})
+    assert out.getvalue().rstrip().endswith("~50 min of jobs left, ~25 min at 2 at once")
