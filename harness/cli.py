@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -107,9 +108,10 @@ def executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", type=choice("executor", EXECUTORS),
                    help=" or ".join(EXECUTORS))  # fmt: skip
     p.add_argument("--cluster", default="local", help="SLURM cluster profile in slurm/profiles/")
-    p.add_argument("--jobs", "-j", type=jobs_flag, default=1,
-                   help="local executor: jobs at once, each pinned to its share of the cores; 'auto': one per "
-                        "core, at most one per 2 GiB of available memory (default 1)")  # fmt: skip
+    p.add_argument("--jobs", "-j", type=jobs_flag, default=os.environ.get("HARNESS_JOBS", "auto"),
+                   help="local executor: jobs at once, each on a share of the cores free when it starts; 'auto' "
+                        "(default, or $HARNESS_JOBS): a job per core, at most one per 2 GiB of available memory, "
+                        "one at a time with an NVIDIA GPU")  # fmt: skip
     p.add_argument("--min-free-gb", type=float, default=MIN_FREE_GB,
                    help=f"least free space in --results to start (default {MIN_FREE_GB})")  # fmt: skip
 

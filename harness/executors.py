@@ -48,8 +48,8 @@ def blocked_by(job: Job, states: dict[str, str]) -> str | None:
 
 class LocalExecutor:
     """Runs each job in this process, in topological order; a failure does not stop the others.
-    With jobs > 1, up to that many jobs at once, each in a worker process pinned to its own share of the
-    cores (`ParallelRun`)."""
+    With jobs > 1 and more than one job to run, up to that many jobs at once, each in a worker process
+    pinned to a share of the cores (`ParallelRun`)."""
 
     def __init__(self, roots: dict[str, str] | None = None, jobs: int = 1):
         if jobs < 1:
@@ -59,7 +59,7 @@ class LocalExecutor:
         self.at_once = min(jobs, len(os.sched_getaffinity(0)))  # ParallelRun's workers
 
     def run(self, plan: Plan, store: Store, reporter: Reporter) -> Outcome:
-        if self.jobs > 1:
+        if self.jobs > 1 and sum(not store.is_done(job) for job in plan.jobs.values()) > 1:  # else no pool to start
             return ParallelRun(plan, store, reporter, self.roots, self.jobs).run()
         outcome = Outcome()
         for job in plan.jobs.values():

@@ -11,6 +11,9 @@ from pretrain.backbones import build_backbone, save_backbone
 
 # Two cores: keep BLAS and torch from oversubscribing them in tests.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Runs in tests one job at a time (the `--jobs` default is auto: a job per core) unless a test asks for more:
+# a worker pool costs each short smoke run a few seconds. tests/test_parallel.py runs the default itself.
+os.environ.setdefault("HARNESS_JOBS", "1")
 
 START = Path(__file__).resolve().parents[1] / "slurm" / "start_cluster.sh"
 

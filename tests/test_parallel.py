@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 
 from harness.executors import JOB_MEMORY_GB, auto_jobs, core_shares
-from tests.test_table2_e2e import cli
+from tests.test_table2_e2e import REPO, cli
 
 
 def test_core_shares_deal_every_core_once_as_evenly_as_can_be():
@@ -91,3 +93,17 @@ def test_auto_jobs_is_a_job_per_core_within_memory():
     assert auto_jobs(memory_gb=1000 * JOB_MEMORY_GB) == cores or os.path.exists("/dev/nvidiactl")
     assert auto_jobs(memory_gb=JOB_MEMORY_GB * 1.5) == 1  # room for one job: one at a time
     assert auto_jobs(memory_gb=0.1) == 1  # never none
+
+
+@pytest.mark.skipif(auto_jobs() < 2, reason="auto gives one job at a time here (one core, a GPU or little memory)")
+def test_the_default_runs_a_job_per_core(tmp_path):
+    """No --jobs and no $HARNESS_JOBS (which conftest sets for the other tests): auto, two pretrainings at once."""
+    env = {k: v for k, v in os.environ.items() if k != "HARNESS_JOBS"}
+    out = subprocess.run([sys.executable, "-m", "harness", "run", "table2", "--profile", "smoke", "--results",
+                          str(tmp_path), "--rows", "IN-118K,COCO", "--columns", "CIFAR10"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (a0, a1), (b0, b1) = (_interval(d) for d in sorted(tmp_path.glob("jobs/pretrain-*")))
+    assert max(a0, b0) < min(a1, b1), ((a0, a1), (b0, b1))
+    cores = len(os.sched_getaffinity(0))  # the two pretrainings started together: half the cores each
+    assert sorted(len(_cores(d)[0]) for d in tmp_path.glob("jobs/pretrain-*")) == [cores // 2, cores - cores // 2]
