@@ -60,7 +60,7 @@ class LocalExecutor:
 
     def run(self, plan: Plan, store: Store, reporter: Reporter) -> Outcome:
         if self.jobs > 1 and sum(not store.is_done(job) for job in plan.jobs.values()) > 1:  # else no pool to start
-            return ParallelRun(plan, store, reporter, self.roots, self.jobs).run()
+            return ParallelRun(plan, store, reporter, self.roots, self.at_once).run()
         outcome = Outcome()
         for job in plan.jobs.values():
             store.register(job)
@@ -120,9 +120,10 @@ class ParallelRun:
     POLL_S = 2.0  # how often the status line reads the running jobs' progress.json
 
     def __init__(self, plan: Plan, store: Store, reporter: Reporter, roots: dict[str, str], workers: int):
+        """workers: LocalExecutor.at_once (no more than the cores; a job never starts without one)."""
         self.plan, self.store, self.reporter, self.roots = plan, store, reporter, roots
         self.cores = sorted(os.sched_getaffinity(0))
-        self.workers = min(workers, len(self.cores))
+        self.workers = workers
 
     def run(self) -> Outcome:
         import multiprocessing

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
 from harness.executors import JOB_MEMORY_GB, auto_jobs, core_shares
-from tests.test_table2_e2e import REPO, cli
+from tests.test_table2_e2e import cli
 
 
 def test_core_shares_deal_every_core_once_as_evenly_as_can_be():
@@ -23,8 +21,12 @@ def test_core_shares_deal_every_core_once_as_evenly_as_can_be():
         assert sum(shares, []) == list(range(13)) and max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
+def _provenance(job_dir) -> dict:
+    return json.loads((job_dir / "provenance.json").read_text())
+
+
 def _interval(job_dir) -> tuple[float, float]:
-    prov = json.loads((job_dir / "provenance.json").read_text())
+    prov = _provenance(job_dir)
     return prov["started"], prov["ended"]
 
 
@@ -69,7 +71,7 @@ def test_jobs_is_a_local_flag(tmp_path):
 
 
 def _cores(job_dir) -> tuple[list[int], int]:
-    prov = json.loads((job_dir / "provenance.json").read_text())
+    prov = _provenance(job_dir)
     return prov["cores"], prov["threads"]
 
 
@@ -99,10 +101,8 @@ def test_auto_jobs_is_a_job_per_core_within_memory():
 def test_the_default_runs_a_job_per_core(tmp_path):
     """No --jobs and no $HARNESS_JOBS (which conftest sets for the other tests): auto, two pretrainings at once."""
     env = {k: v for k, v in os.environ.items() if k != "HARNESS_JOBS"}
-    out = subprocess.run([sys.executable, "-m", "harness", "run", "table2", "--profile", "smoke", "--results",
-                          str(tmp_path), "--rows", "IN-118K,COCO", "--columns", "CIFAR10"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    cli("run", "table2", "--profile", "smoke", "--results", tmp_path, "--rows", "IN-118K,COCO", "--columns", "CIFAR10",
+        env=env)  # fmt: skip
     (a0, a1), (b0, b1) = (_interval(d) for d in sorted(tmp_path.glob("jobs/pretrain-*")))
     assert max(a0, b0) < min(a1, b1), ((a0, a1), (b0, b1))
     cores = len(os.sched_getaffinity(0))  # the two pretrainings started together: half the cores each
