@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from pretrain.backbones import build_backbone
-from pretrain.convs import LiveTapConv2d, live_tap_convs, live_taps
+from pretrain.convs import LiveTapConv2d, gemm_weight_grad, live_tap_convs, live_taps
 
 CASES = [  # (input side, kernel, stride, padding, dilation)
     (1, 3, 1, 1, 1),  # ResNet layer4 on 32 px crops: the centre tap only
@@ -81,3 +81,41 @@ def test_swap_keeps_the_parameter_tensors() -> None:
     opt.step()  # the optimizer built before the swap still owns the weights
     assert weight.grad is not None and not torch.equal(weight, before)
     assert torch.equal(weight.grad[:, :, 0], torch.zeros(3, 3, 3))  # a dead tap: zero gradient
+
+
+def test_dilated_small_maps_take_the_gemm_weight_gradient_and_match_conv2d() -> None:
+    """Where a dilated kernel's reach covers the map, the weight gradient is one GEMM (DilatedSmallMapConv):
+    float64 outputs and gradients equal nn.Conv2d's, with and without bias, input gradient or not, stride 2."""
+    torch.manual_seed(0)
+    for side, s, p, d, bias, input_grad in [(3, 1, 2, 2, True, True), (4, 1, 2, 2, False, False), (5, 2, 2, 2, True, True),
+                                             (3, 1, 1, 1, True, True)]:  # fmt: skip
+        ref = nn.Conv2d(4, 6, 3, stride=s, padding=p, dilation=d, bias=bias).double()
+        live = live_tap_convs(nn.Sequential(copy.deepcopy(ref)))[0]
+        x = torch.randn(2, 4, side, side, dtype=torch.float64)
+        assert gemm_weight_grad(x, live.weight, live.dilation, 1) == (d > 1)
+        a, b = x.clone().requires_grad_(input_grad), x.clone().requires_grad_(input_grad)
+        ya, yb = ref(a), live(b)
+        assert (yb.grad_fn.name() == "DilatedSmallMapConvBackward") == (d > 1)
+        g = torch.randn_like(ya)
+        ya.backward(g), yb.backward(g)
+        torch.testing.assert_close(yb, ya, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(live.weight.grad, ref.weight.grad, rtol=1e-12, atol=1e-12)
+        if bias:
+            torch.testing.assert_close(live.bias.grad, ref.bias.grad, rtol=1e-12, atol=1e-12)
+        if input_grad:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_gemm_weight_gradient_only_where_it_is_faster() -> None:
+    """oneDNN keeps larger maps (6 x 6 at dilation 2: it is faster there), frozen weights, autocast, groups."""
+    w = nn.Parameter(torch.randn(8, 8, 3, 3))
+    assert gemm_weight_grad(torch.randn(2, 8, 5, 5), w, (2, 2), 1)
+    assert not gemm_weight_grad(torch.randn(2, 8, 6, 6), w, (2, 2), 1)
+    assert gemm_weight_grad(torch.randn(2, 8, 9, 9), w, (4, 4), 1)
+    assert not gemm_weight_grad(torch.randn(2, 8, 5, 5), w, (2, 2), 2)
+    assert not gemm_weight_grad(torch.randn(2, 8, 5, 5), w.detach(), (2, 2), 1)
+    with torch.no_grad():
+        assert not gemm_weight_grad(torch.randn(2, 8, 5, 5), w, (2, 2), 1)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert not gemm_weight_grad(torch.randn(2, 8, 5, 5), w, (2, 2), 1)
+    assert not gemm_weight_grad(torch.randn(2, 8, 5, 5), w[:, :, 1:2, 1:2], (2, 2), 1)  # one tap: no spread
