@@ -13,6 +13,7 @@ pretrain/moco.py's shuffling BN). Rank 0 writes checkpoints and backbones.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -70,13 +71,14 @@ def pretrain(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
+    given, cfg = cfg, resolve_auto(cfg, device)  # checkpoints keep `given`: "auto" resumes on any machine
     model, optimizer = _build(cfg, device)
     generator = torch.Generator().manual_seed(cfg.seed)  # data order (shared by all ranks)
     # augmentation: the same generator on one process (as before), one per rank otherwise
     augment_gen = generator if size == 1 else torch.Generator().manual_seed(cfg.seed + 7919 * rank)
     checkpoint = Path(resume_dir or workdir) / "checkpoint.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    state = _resume(checkpoint, cfg, model, optimizer, generator, augment_gen)
+    state = _resume(checkpoint, given, model, optimizer, generator, augment_gen)
     steps = len(data) // cfg.batch_size
     seen, busy = 0, 0.0
     for epoch in range(state["epoch"], cfg.epochs):
@@ -87,7 +89,7 @@ def pretrain(
         loss = _train_epoch(model, optimizer, batches, cfg, epoch, steps, flags, progress, labels)
         busy, seen = busy + time.perf_counter() - start, seen + steps * cfg.batch_size
         state = {"epoch": epoch + 1, "loss_history": [*state["loss_history"], loss]}
-        _save_checkpoint(checkpoint, cfg, _inner(model), optimizer, generator, augment_gen, state)
+        _save_checkpoint(checkpoint, given, _inner(model), optimizer, generator, augment_gen, state)
         if epoch + 1 in cfg.save_backbone_epochs and rank == 0:
             path = workdir / f"backbone_ep{epoch + 1}.pt"
             save_backbone(_inner(model).backbone, section(cfg).arch, path)
@@ -100,6 +102,8 @@ def pretrain(
         "loss_curve": state["loss_history"],  # per-epoch mean loss (fig 2, fig 5)
         "images_per_s": seen / busy if busy else None,  # (anchor, positive) pairs/s while training
         "wall_s": time.perf_counter() - called,  # this call, resumed epochs only
+        "precision": cfg.precision,  # as run ("auto" resolved on this machine)
+        "memory_format": cfg.memory_format,
         "backbone": str(backbone),
         "backbones": {
             e: str(workdir / f"backbone_ep{e}.pt") for e in sorted(cfg.save_backbone_epochs)
@@ -444,9 +448,36 @@ def _device(name: str) -> torch.device:
     )
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: a CUDA GPU with bf16 support, or a CPU whose oneDNN has bf16
+    kernels and whose cores have bf16 dot products (x86 AVX512-BF16 or AMX; Arm BF16). Elsewhere bf16 is
+    emulated, slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False  # no way to tell (not Linux): fp32, the safe choice
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
+
+
+def resolve_auto(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """cfg with precision and memory_format "auto" resolved for `device`: precision bf16 (autocast) where the
+    device computes bf16 natively (native_bf16), else fp32; memory_format channels_last when the precision is
+    bf16 (the layout its CPU and GPU kernels are fastest in), else contiguous. On 2 AVX512-BF16 cores a tiny-profile
+    pretraining step (32 px, batch 128) ran 1.3x (two threads) to 1.5x (one) faster in bf16 channels_last."""
+    changes: dict[str, str] = {}
+    if cfg.precision == "auto":
+        changes["precision"] = "bf16" if native_bf16(device) else "fp32"
+    if cfg.memory_format == "auto":
+        bf16 = changes.get("precision", cfg.precision) == "bf16"
+        changes["memory_format"] = "channels_last" if bf16 else "contiguous"
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
 def _check(cfg: PretrainConfig, data: Tensor | torch.utils.data.Dataset, processes: int) -> None:
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision '{cfg.precision}': valid are fp32, bf16")
     if cfg.schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule '{cfg.schedule}': valid are cosine, constant")
     if len(data) < cfg.batch_size:

@@ -14,7 +14,7 @@ from torch import nn
 from pretrain.augment import BatchAugment, crop_resize, sample_view_boxes
 from pretrain.config import AugConfig, MoCoConfig, PretrainConfig
 from pretrain.moco import MaxPool2dNHWC, MoCo, SplitBatchNorm, sub_batch_major
-from pretrain.train import _build, pretrain
+from pretrain.train import _build, native_bf16, pretrain, resolve_auto
 
 
 def test_split_bn_equals_bn_per_sub_batch_forward_and_backward() -> None:
@@ -209,3 +209,24 @@ def test_channels_last_pool_input_takes_the_native_kernel() -> None:
     y = MaxPool2dNHWC(3, 2, 1)(x)
     assert torch.equal(y, nn.MaxPool2d(3, 2, 1)(x.contiguous()))
     assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_auto_precision_runs_bf16_where_native_and_checkpoints_keep_auto(tmp_path: Path) -> None:
+    """precision / memory_format "auto": bf16 in channels_last where the device has native bf16 (this machine's
+    CPU, when it has AVX512-BF16), fp32 NCHW elsewhere (a device with no bf16 kernels); the run's summary says
+    what ran, its checkpoint keeps "auto" (a resume on another machine chooses again), and the loss curve is the
+    explicit setting's."""
+    cfg = PretrainConfig.from_dict({"precision": "auto", "memory_format": "auto"})
+    here = resolve_auto(cfg, torch.device("cpu"))
+    fast = native_bf16(torch.device("cpu"))
+    assert (here.precision, here.memory_format) == (("bf16", "channels_last") if fast else ("fp32", "contiguous"))
+    none = resolve_auto(cfg, torch.device("meta"))  # no bf16 kernels
+    assert (none.precision, none.memory_format) == ("fp32", "contiguous")
+    explicit = PretrainConfig.from_dict({"precision": "fp32", "memory_format": "auto"})
+    assert resolve_auto(explicit, torch.device("cpu")).memory_format == "contiguous"
+    auto = _nhwc_run("auto", "auto", tmp_path / "auto", epochs=1)
+    same = _nhwc_run(here.memory_format, here.precision, tmp_path / "same", epochs=1)
+    assert (auto["precision"], auto["memory_format"]) == (here.precision, here.memory_format)
+    assert auto["loss_history"] == same["loss_history"]
+    saved = torch.load(tmp_path / "auto" / "checkpoint.pt", weights_only=False)["config"]
+    assert (saved["precision"], saved["memory_format"]) == ("auto", "auto")

@@ -128,3 +128,18 @@ def test_c4_detection_trains_and_scores_at_smoke_size(backbone: Path, cache: Pat
     assert all(math.isfinite(out[k]) and 0 <= out[k] <= 100 for k in ("value", "ap50", "ap75"))
     assert out["ap50"] >= out["value"] - 1e-9 and len(out["losses"][0]) >= 1 and math.isfinite(out["losses"][0][0])
     assert {"stage": "precise BN run 1/1"} in seen and (tmp_path / "run0.pt").exists()
+
+
+def test_detection_batches_pad_to_the_largest_image_as_detectron2(backbone: Path) -> None:
+    """size_divisible 1 (detectron2's SIZE_DIVISIBILITY 0 for ResNet C4 / DC5): 64 and 80 px images batch at 80 px,
+    not at torchvision's multiple of 32 (96 px); the old padding stays available."""
+    protocol = DetectionProtocol(**{**SMOKE_DET, "train_sizes": (64, 80), "max_size": 128})
+    model = build_detector(backbone, 3, protocol)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 80, 80)]
+    model.transform.min_size = (80,)  # every image to 80 px: the batch is 80 x 80
+    assert model.transform(images)[0].tensors.shape[-2:] == (80, 80)
+    old = build_detector(backbone, 3, DetectionProtocol(**{**SMOKE_DET, "max_size": 128, "size_divisible": 32}))
+    old.transform.min_size = (80,)
+    assert old.transform(images)[0].tensors.shape[-2:] == (96, 96)
+    with pytest.raises(ValueError, match="size_divisible must be >= 1"):
+        DetectionProtocol(size_divisible=0)

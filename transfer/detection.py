@@ -72,6 +72,10 @@ class DetectionProtocol:
     train_sizes: tuple[int, ...] = tuple(range(480, 801, 32))  # shorter side, one drawn per batch
     test_size: int = 800
     max_size: int = 1333
+    # a batch is padded to its largest image, rounded up to a multiple of this: detectron2's SIZE_DIVISIBILITY, 0
+    # (no rounding) for a ResNet without FPN, C4 and DC5 alike; torchvision's FasterRCNN rounds to 32, which at the
+    # tiny profile's 80 px pads every batch to 96 px (1.44x the pixels)
+    size_divisible: int = 1
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one feature map: all sizes on it
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     pooler_size: int | None = None  # RoIAlign output, pooler_size x pooler_size
@@ -99,6 +103,8 @@ class DetectionProtocol:
         fill_from_version(self, VERSIONS, "detection protocol")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown detection arch '{self.arch}'; valid: {', '.join(ARCHS)}")
+        if self.size_divisible < 1:
+            raise ValueError(f"size_divisible must be >= 1 (1: pad to the largest image only), got {self.size_divisible}")
         if self.pooler_size < 1 or not 0 <= self.precise_bn < 1:
             raise ValueError(
                 f"need pooler_size >= 1 and precise_bn in [0, 1); got {self.pooler_size}, {self.precise_bn}"
@@ -155,6 +161,7 @@ def build_detector(backbone_path: Path, num_classes: int, protocol: DetectionPro
         body,
         min_size=tuple(protocol.train_sizes),
         max_size=protocol.max_size,
+        size_divisible=protocol.size_divisible,
         image_mean=list(IMAGENET_MEAN),
         image_std=list(IMAGENET_STD),
         rpn_anchor_generator=anchors,
