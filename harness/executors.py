@@ -111,11 +111,13 @@ def _run_job(results: str, key: str, roots: dict[str, str], cores: list[int]) ->
 
 class ParallelRun:
     """The local executor with up to `workers` jobs at once: a job starts when its dependencies are
-    done, in plan order among the ready ones, on a share of the cores free at that moment (the free
+    done, on a share of the cores free at that moment (the free
     cores dealt evenly among the jobs starting together), pinned there until it ends: two ready jobs
     on a 2-core machine get a core each, a job that starts alone gets both. Each job's live progress
     is read from its progress.json for the status line. A failure blocks its dependents and nothing
-    else."""
+    else. Among the ready jobs, those that others wait on start first (pretrainings: each unlocks its
+    transfers), then the longest by the estimate from the jobs finished so far (the longest-first rule
+    leaves short jobs to fill the cores at the end), then plan order."""
 
     POLL_S = 2.0  # how often the status line reads the running jobs' progress.json
 
@@ -144,6 +146,7 @@ class ParallelRun:
                         if waiting:
                             raise RuntimeError(f"no job can start: {waiting[0].name} waits on jobs outside the plan")
                         break
+                    startable = self._first(startable, waiting)
                     n = min(len(startable), self.workers - len(running), len(free))
                     for job, share in zip(startable, core_shares(sorted(free), n) if n else []):
                         waiting.remove(job)
@@ -170,6 +173,12 @@ class ParallelRun:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
         return outcome
+
+    def _first(self, ready: list[Job], waiting: list[Job]) -> list[Job]:
+        """`ready` in the order to start them: jobs that waiting jobs depend on, then the longest (reporter's
+        estimate; none before a job finished), then plan order (sorted() is stable)."""
+        needed = {d for job in waiting for d in job.deps}
+        return sorted(ready, key=lambda j: (j.key not in needed, -(self.reporter.estimate(j) or 0.0)))
 
     def _settle(self, waiting: list[Job], outcome: Outcome) -> list[Job]:
         """Record the ready jobs that need no run (cached, or blocked by a failure), until none is

@@ -61,15 +61,17 @@ class TimeLeft:
         """Seconds for `pending`; None before any job finished."""
         if not self._cost:
             return None
-        left = 0.0
-        for job in pending:
-            cls, units = cost_class(job)
-            if done := self._cost.get(cls):
-                left += statistics.median(seconds / n for seconds, n in done) * units
-                continue
-            kin = [c for k, c in self._cost.items() if k[:2] == cls[:2]] or list(self._cost.values())
-            left += statistics.mean(seconds for c in kin for seconds, _ in c)
-        return left
+        return sum(self.job(job) or 0.0 for job in pending)
+
+    def job(self, job: Job) -> float | None:
+        """Seconds for one job; None before any job finished."""
+        if not self._cost:
+            return None
+        cls, units = cost_class(job)
+        if done := self._cost.get(cls):
+            return statistics.median(seconds / n for seconds, n in done) * units
+        kin = [c for k, c in self._cost.items() if k[:2] == cls[:2]] or list(self._cost.values())
+        return statistics.mean(seconds for c in kin for seconds, _ in c)
 
 
 def time_left_line(left: float) -> str:
@@ -141,6 +143,10 @@ class Reporter:
     def time_left(self) -> float | None:
         """Seconds of job time still to run (TimeLeft); None before a job finished."""
         return self._time_left(self._pending.values())
+
+    def estimate(self, job: Job) -> float | None:
+        """Seconds `job` should take, from the jobs finished so far (TimeLeft.job); None before any."""
+        return self._time_left.job(job)
 
     def _left(self) -> str:
         left = self.time_left() if self._pending else None

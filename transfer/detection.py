@@ -43,7 +43,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
 from pretrain.registry import fill_from_version
-from transfer.dense import finetune, trunk, with_initial_lr
+from transfer.dense import finetune, fused, trunk, with_initial_lr
 from transfer.features import IMAGENET_MEAN, IMAGENET_STD
 from transfer.metrics import detection_ap
 from transfer.roi_align import SparseRoIAlign
@@ -232,7 +232,8 @@ def train_run(train: Any, protocol: DetectionProtocol, run: int, ctx: Any) -> Fa
     model = build_detector(ctx.backbone_path, train.num_classes, protocol).to(ctx.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = with_initial_lr(
-        torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+        torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay,
+                        fused=fused(params))
     )
 
     def step_loss(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
