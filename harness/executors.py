@@ -111,9 +111,9 @@ def _run_job(results: str, key: str, roots: dict[str, str], cores: list[int]) ->
 
 class ParallelRun:
     """The local executor with up to `workers` jobs at once: a job starts when its dependencies are
-    done, on a share of the cores free at that moment (the free
-    cores dealt evenly among the jobs starting together), pinned there until it ends: two ready jobs
-    on a 2-core machine get a core each, a job that starts alone gets both. Each job's live progress
+    done, on a share of the cores free at that moment (the free cores dealt evenly among the jobs
+    starting together), pinned there until it ends: two ready jobs on a 2-core machine get a core
+    each, a job that starts alone gets both. Each job's live progress
     is read from its progress.json for the status line. A failure blocks its dependents and nothing
     else. Among the ready jobs, those that others wait on start first (pretrainings: each unlocks its
     transfers), then the longest by the estimate from the jobs finished so far (the longest-first rule

@@ -110,15 +110,15 @@ class Reporter:
         self._status(f"> {job.name} ...", force=True)
 
     def progress(self, job: Job, info: dict) -> None:
-        elapsed = time.time() - self._started.get(job.key, time.time())
-        self._status(f"> {job.name}  {describe(info)}  {elapsed:.0f} s")
+        self._status(self._running_text(job, info))
 
     def running(self, jobs: list[tuple[Job, dict | None]]) -> None:
         """The status line for jobs running at once (a parallel local run), each with its last progress."""
+        self._status(" | ".join(self._running_text(job, info or {}) for job, info in jobs))
+
+    def _running_text(self, job: Job, info: dict) -> str:
         now = time.time()
-        parts = [f"> {job.name}  {describe(info or {})}  {now - self._started.get(job.key, now):.0f} s"
-                 for job, info in jobs]  # fmt: skip
-        self._status(" | ".join(parts))
+        return f"> {job.name}  {describe(info)}  {now - self._started.get(job.key, now):.0f} s"
 
     def finished(self, job: Job, result: dict) -> None:
         wall = result.get("wall_s")

@@ -62,6 +62,9 @@ class LiveTapConv2d(nn.Conv2d):
         return F.conv2d(x, weight, bias, self.stride, (ph, pw), self.dilation, self.groups)
 
 
+FLOATS = (torch.float32, torch.float64)
+
+
 def gemm_weight_grad(x: Tensor, weight: Tensor, dilation: tuple[int, ...], groups: int) -> bool:
     """Whether DilatedSmallMapConv is the faster way: a CPU float convolution (fp32, or fp64 in tests; not under
     autocast) whose weight needs a gradient, dilated, with a kernel whose reach covers the map on every axis where
@@ -73,9 +76,6 @@ def gemm_weight_grad(x: Tensor, weight: Tensor, dilation: tuple[int, ...], group
     k, size = weight.shape[-2:], x.shape[-2:]
     spread = [i for i in range(2) if k[i] > 1]
     return bool(spread) and all(dilation[i] > 1 and size[i] <= dilation[i] * (k[i] - 1) + 1 for i in spread)
-
-
-FLOATS = (torch.float32, torch.float64)
 
 
 class DilatedSmallMapConv(torch.autograd.Function):

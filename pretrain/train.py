@@ -47,7 +47,9 @@ Batches = Iterator[tuple[Tensor, list[Tensor], Tensor]]
 # may change between resumes
 EXECUTION_KEYS = ("epochs", "device", "threads", "num_workers", "save_backbone_epochs", "memory_format")
 PROGRESS_EVERY = 10  # steps
-FUSED_SGD_DEVICES = ("cpu", "cuda")  # fused SGD; ResNet-18 on 2 CPU cores: 13 -> 5 ms a step
+# torch's fused SGD / Adam (one kernel per tensor): pretraining's SGD (ResNet-18 on 2 CPU cores: 13 -> 5 ms a step)
+# and finetuning's (transfer/dense.py `fused`)
+FUSED_DEVICES = ("cpu", "cuda")
 log = logging.getLogger(__name__)
 
 
@@ -166,7 +168,7 @@ def _build(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, tor
         weight_decay=cfg.weight_decay,
         # one kernel per tensor, the same update bit for bit; not when a parameter takes its first step later than
         # the others (SwAV's frozen prototypes): fused SGD refuses a mix of present and missing momentum buffers
-        fused=device.type in FUSED_SGD_DEVICES and not frozen_parameters(_inner(model), 0),
+        fused=device.type in FUSED_DEVICES and not frozen_parameters(_inner(model), 0),
     )
     return model, optimizer
 
@@ -429,10 +431,7 @@ def _resume(
             f"{path} was written with a different config ({', '.join(changed)}); use a new workdir"
         )
     _inner(model).load_state_dict(blob["model"])
-    kernels = [(g.get("fused"), g.get("foreach")) for g in optimizer.param_groups]
-    optimizer.load_state_dict(blob["optimizer"])  # also restores the writer's fused/foreach choice: keep ours
-    for g, (fused, foreach) in zip(optimizer.param_groups, kernels):
-        g["fused"], g["foreach"] = fused, foreach
+    load_optimizer_state(optimizer, blob["optimizer"])
     torch.set_rng_state(blob["torch_rng"])
     if blob["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(blob["cuda_rng"])
@@ -446,6 +445,15 @@ def _device(name: str) -> torch.device:
     return torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     )
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """optimizer.load_state_dict(state), keeping this optimizer's fused / foreach kernels: load_state_dict also
+    restores the writer's choice, which a run resumed elsewhere (or written before a kernel changed) need not share."""
+    kernels = [(g.get("fused"), g.get("foreach")) for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for g, (fused, foreach) in zip(optimizer.param_groups, kernels):
+        g["fused"], g["foreach"] = fused, foreach
 
 
 def native_bf16(device: torch.device) -> bool:

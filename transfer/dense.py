@@ -168,13 +168,12 @@ def lr_factor(protocol: Any, t: float) -> float:
     return protocol.gamma ** sum(t >= m for m in protocol.milestones)
 
 
-FUSED_DEVICES = ("cpu", "cuda")
-
-
 def fused(params: list) -> bool:
     """Whether torch's fused optimizer kernels (one per tensor) apply: every parameter on a CPU or CUDA device.
     The same update up to float rounding; measured on this CPU (19M parameters, one thread): an Adam step
     80.8 -> 13.1 ms (Seg. NYUD: 36% of its step was the per-tensor Adam), an SGD step 22.8 -> 10.9 ms."""
+    from pretrain.train import FUSED_DEVICES
+
     return bool(params) and all(p.device.type in FUSED_DEVICES for p in params)
 
 
@@ -214,12 +213,11 @@ def finetune(
     epochs = math.ceil(total_steps / per_epoch)
     step, losses = 0, []
     if checkpoint.exists():
+        from pretrain.train import load_optimizer_state
+
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
-        kernels = [(g.get("fused"), g.get("foreach")) for g in optimizer.param_groups]
-        optimizer.load_state_dict(state["optimizer"])  # restores the writer's fused/foreach choice too: keep ours
-        for g, (fast, foreach) in zip(optimizer.param_groups, kernels):
-            g["fused"], g["foreach"] = fast, foreach
+        load_optimizer_state(optimizer, state["optimizer"])
         step, losses = state["step"], state["losses"]
         torch.set_rng_state(state["rng"])
     for epoch in range(len(losses), epochs):
