@@ -210,6 +210,7 @@ def harness_run(cfg: PretrainConfig, data: torch.Tensor) -> dict:
 
 
 LOOPS = ("reference_fp32", "harness_fp32", "harness_bf16", "harness_bf16_channels_last")
+SUFFIX = {"cold": "", "warm": "_warm"}  # a figure's key: f"{loop}{SUFFIX[when]}_img_s", f"speedup_...{SUFFIX[when]}"
 
 
 def config_for(s: dict, threads: int, loop: str, multicrop: bool) -> PretrainConfig:
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = images(s["steps"] * s["batch"], s["image"])
     figures, rows = {}, []
     for name, multicrop in (("mocov2", False), ("multicrop", True)):
-        runs = {(loop, when): [] for loop in LOOPS for when in ("cold", "warm")}
+        runs = {(loop, when): [] for loop in LOOPS for when in SUFFIX}
         for _ in range(args.repeats):  # interleaved: a slow spell of a shared machine hits every loop alike
             for loop in LOOPS:
                 cold, warm = one_run(loop, config_for(s, args.threads, loop, multicrop), data, args.workers)
@@ -265,13 +266,14 @@ def main(argv: list[str] | None = None) -> dict:
                 runs[loop, "warm"].append(warm)
         f = figures[name] = {}
         for (loop, when), r in runs.items():
-            key = f"{loop}_img_s" if when == "cold" else f"{loop}_warm_img_s"
+            key = f"{loop}{SUFFIX[when]}_img_s"
             f[key], f[f"{key}_runs"] = statistics.median(r), r
         for loop in LOOPS[1:]:  # each repeat's loop against the same repeat's reference, minutes apart at most
-            for when, tail in (("cold", ""), ("warm", "_warm")):
+            short = loop[len("harness_"):]
+            for when, tail in SUFFIX.items():
                 ratios = [h / r for h, r in zip(runs[loop, when], runs["reference_fp32", when])]
-                f[f"speedup_{loop[len('harness_'):]}{tail}_runs"] = ratios
-                f[f"speedup_{loop[len('harness_'):]}{tail}"] = statistics.median(ratios)
+                f[f"speedup_{short}{tail}_runs"] = ratios
+                f[f"speedup_{short}{tail}"] = statistics.median(ratios)
         rows.append((name, "reference (PIL, workers, fp32)", f["reference_fp32_img_s"], 1.0,
                      f["reference_fp32_warm_img_s"], 1.0))  # fmt: skip
         for loop in LOOPS[1:]:
